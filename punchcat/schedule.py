@@ -1,0 +1,92 @@
+"""When to punch and on which ports, derived from the clock alone (pure).
+
+This is Part 1 and Part 2 of "A most elegant TCP hole punching algorithm":
+both peers quantise the current time into a *bucket*, and the bucket seeds
+a PRNG that draws the candidate ports.  Nothing here touches the network,
+so two users can compare plans (``punchcat --plan``) before they punch.
+
+The numbers reproduce the article's script exactly, so a punchcat user and
+a user of the original script agree on the bucket and the ports.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+#: Multiplier that spreads consecutive buckets over the seed space (article).
+LARGE_PRIME = 2654435761
+#: Seed modulus (article); it keeps the seed within what the PRNG accepts.
+SEED_MODULUS = 0xFFFFFFFF
+#: Candidate ports are drawn from [PORT_BASE, PORT_BASE + PORT_SPAN).
+PORT_BASE = 30000
+PORT_SPAN = 20000
+
+
+def window(clock_error: float) -> float:
+    """Length of a bucket in seconds: twice the clock error plus two."""
+    return clock_error * 2 + 2
+
+
+def bucket_at(now: float, clock_error: float) -> int:
+    """The article's raw bucket number for the instant *now*."""
+    return int((now - clock_error) // window(clock_error))
+
+
+def ports_for_bucket(bucket: int, count: int) -> list[int]:
+    """The *count* distinct candidate ports of *bucket*, in draw order."""
+    if not 0 < count <= PORT_SPAN:
+        raise ValueError(f"count must be in 1..{PORT_SPAN}")
+    rng = random.Random((bucket * LARGE_PRIME) % SEED_MODULUS)
+    ports: list[int] = []
+    seen: set[int] = set()
+    while len(ports) < count:
+        port = PORT_BASE + rng.randint(0, PORT_SPAN - 1)
+        if port not in seen:
+            seen.add(port)
+            ports.append(port)
+    return ports
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The article's plan for one run: a bucket, its rendezvous, its ports."""
+
+    now: float
+    clock_error: float
+    run_window: float
+    bucket: int
+    rendezvous: float
+    ports: tuple[int, ...]
+
+    @property
+    def window(self) -> float:
+        return window(self.clock_error)
+
+    def as_dict(self) -> dict:
+        return {
+            "bucket": self.bucket,
+            "rendezvous": self.rendezvous,
+            "ports": list(self.ports),
+            "now": self.now,
+            "clock_error": self.clock_error,
+            "run_window": self.run_window,
+            "window": self.window,
+        }
+
+
+def article_plan(now: float, clock_error: float, run_window: float, count: int) -> Plan:
+    """The bucket, rendezvous and ports the article's script uses at *now*.
+
+    The rendezvous is the end of the current bucket plus the clock error; if
+    that leaves less than *run_window* seconds, the script moves on to the
+    next bucket (and its rendezvous one window later).
+    """
+    w = window(clock_error)
+    bucket = bucket_at(now, clock_error)
+    rendezvous = (bucket + 1) * w + clock_error
+    if rendezvous - now < run_window:
+        bucket += 1
+        rendezvous += w
+    return Plan(now, clock_error, run_window, bucket, rendezvous,
+                tuple(ports_for_bucket(bucket, count)))

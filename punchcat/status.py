@@ -1,0 +1,68 @@
+"""What punchcat tells the user on stderr (stdout carries data only).
+
+Three levels: ``-q`` prints errors only, the default adds a live status line
+when stderr is a terminal, ``-v`` adds one line per event (bucket, ports,
+connections, winner, statistics).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import TextIO
+
+QUIET, NORMAL, VERBOSE = 0, 1, 2
+
+
+class Reporter:
+    def __init__(self, level: int = NORMAL, stream: TextIO | None = None):
+        self.level = level
+        self.stream = stream if stream is not None else sys.stderr
+        try:
+            self.tty = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+        self._status_shown = False
+        self._lock = threading.Lock()
+
+    @property
+    def verbose(self) -> bool:
+        return self.level >= VERBOSE
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr went away; nothing better to do
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            if self._status_shown:
+                self._write("\r\x1b[K")
+                self._status_shown = False
+            self._write(text + "\n")
+
+    def error(self, message: str) -> None:
+        """One line ``punchcat: message``, shown at every level."""
+        self._line(f"punchcat: {message}")
+
+    def info(self, message: str) -> None:
+        """An event, shown with ``-v``."""
+        if self.level >= VERBOSE:
+            self._line(f"punchcat: {message}")
+
+    def status(self, text: str) -> None:
+        """Replace the live status line (terminal only, not with ``-q``)."""
+        if not self.tty or self.level < NORMAL:
+            return
+        with self._lock:
+            self._write("\r\x1b[K" + text)
+            self._status_shown = True
+
+    def clear(self) -> None:
+        """Remove the live status line, if any."""
+        with self._lock:
+            if self._status_shown:
+                self._write("\r\x1b[K")
+                self._status_shown = False
