@@ -1,0 +1,311 @@
+"""Hello and winner: both sides settle on the same verified connection.
+
+Theory of operation
+-------------------
+The punch can complete several TCP connections between the two hosts, one
+per candidate port, and each side learns of them in its own order.  Both
+must end up using exactly one, the same one, and only after checking that
+the other end is a punchcat and not some server that happens to listen on
+a candidate port.
+
+Each run picks a random 16-byte *side id*.  As soon as a connection is
+established, each side sends its hello on it::
+
+    "PUNCHCAT" | version (1 byte) | mode (1 byte) | flags (1 byte) | side id (16 bytes)
+
+A connection is *verified* when the peer's hello has arrived on it with the
+right magic and version and a side id that is not our own (an equal id is
+a connection to ourselves).  Anything else is dropped without a byte of
+user data having been sent on it; a peer of another protocol version, or
+in a mode that cannot work with ours, is a fatal error.
+
+The article chooses as leader the side with the greater WAN IP address, but
+a host behind NAT does not know its WAN address and two hosts behind one
+NAT share it.  Here the leader is the side with the greater side id: both
+sides see the same two ids, so both agree without knowing any address.
+
+The leader commits to its first verified connection by sending the single
+byte ``$`` on it (the article's confirmation) and closes the others.  The
+follower sends nothing after its hello until ``$`` arrives; the connection
+on which it arrives is the winner, and the follower closes the others.
+User data follows ``$`` immediately in both directions, so agreeing costs
+no round trip beyond the hellos.
+
+This module is sans-IO: :class:`Election` is fed the bytes received on each
+connection and answers with events (:class:`Send`, :class:`Drop`,
+:class:`Won`) for the caller to carry out.  :func:`establish` is the thin
+I/O layer that runs it over the sockets the punch produces.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import selectors
+import socket
+import time
+from dataclasses import dataclass
+from typing import Hashable
+
+from .errors import NoConnection, RemoteProtocolError
+
+MAGIC = b"PUNCHCAT"
+VERSION = 1
+COMMIT = b"$"
+ID_LEN = 16
+HELLO_LEN = len(MAGIC) + 3 + ID_LEN
+#: A connection whose hello has not arrived after this long is dropped.
+HELLO_TIMEOUT = 5.0
+
+
+class Mode(enum.IntEnum):
+    """What a side does with the link; it travels in the hello."""
+
+    PIPE = 0      # stdin/stdout
+
+
+class NotPunchcat(Exception):
+    """The other end of a connection is not a punchcat (wrong magic)."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    side_id: bytes
+    mode: int = Mode.PIPE
+    flags: int = 0
+    version: int = VERSION
+
+    @classmethod
+    def fresh(cls, mode: int = Mode.PIPE, flags: int = 0) -> "Hello":
+        return cls(os.urandom(ID_LEN), mode, flags)
+
+    def encode(self) -> bytes:
+        if len(self.side_id) != ID_LEN:
+            raise ValueError("side id must be 16 bytes")
+        return MAGIC + bytes((self.version, self.mode, self.flags)) + self.side_id
+
+
+def parse_hello(buf: bytes) -> Hello | None:
+    """Parse a hello at the start of *buf*; None while more bytes are needed.
+
+    Raises :class:`NotPunchcat` as soon as a byte differs from the magic, and
+    :class:`RemoteProtocolError` for another version or an unknown mode.
+    """
+    head = bytes(buf[: len(MAGIC)])
+    if head != MAGIC[: len(head)]:
+        raise NotPunchcat(f"not a punchcat (first bytes {head[:8]!r})")
+    if len(buf) <= len(MAGIC):
+        return None
+    version = buf[len(MAGIC)]
+    if version != VERSION:
+        raise RemoteProtocolError(
+            f"peer speaks punchcat protocol version {version}, this punchcat "
+            f"speaks version {VERSION}; run the same punchcat release on both sides")
+    if len(buf) < HELLO_LEN:
+        return None
+    mode, flags = buf[len(MAGIC) + 1], buf[len(MAGIC) + 2]
+    if mode not in Mode._value2member_map_:
+        raise RemoteProtocolError(f"peer announced an unknown mode {mode}")
+    return Hello(bytes(buf[len(MAGIC) + 3: HELLO_LEN]), mode, flags, version)
+
+
+def check_compatible(local: Hello, peer: Hello) -> None:
+    """Raise :class:`RemoteProtocolError` if the two sides cannot work together."""
+    if local.mode != peer.mode:
+        raise RemoteProtocolError(
+            f"this side is in {Mode(local.mode).name.lower()} mode, "
+            f"the peer in {Mode(peer.mode).name.lower()} mode")
+
+
+# Events the election asks the caller to carry out.
+@dataclass(frozen=True)
+class Send:
+    conn: Hashable
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Drop:
+    conn: Hashable
+    reason: str
+
+
+@dataclass(frozen=True)
+class Won:
+    conn: Hashable
+    peer: Hello
+    leftover: bytes  # user data that arrived with the commit
+
+
+class Election:
+    """Chooses the one connection both sides use (see the module docstring)."""
+
+    def __init__(self, local: Hello):
+        self.local = local
+        self.winner: Won | None = None
+        self._bufs: dict[Hashable, bytearray] = {}
+        self._peers: dict[Hashable, Hello] = {}
+
+    def leads(self, peer: Hello) -> bool:
+        return self.local.side_id > peer.side_id
+
+    def opened(self, conn: Hashable) -> list:
+        """A connection was established: greet the other end."""
+        self._bufs[conn] = bytearray()
+        return [Send(conn, self.local.encode())]
+
+    def lost(self, conn: Hashable) -> list:
+        """A connection closed or failed.  If the leader had committed to it
+        (the ``$`` could not be sent), the election resumes with the others."""
+        self._bufs.pop(conn, None)
+        self._peers.pop(conn, None)
+        if self.winner is None or self.winner.conn != conn:
+            return []
+        self.winner = None
+        events: list = []
+        for other in list(self._bufs):
+            if self.winner is None:
+                events += self.received(other, b"")
+        return events
+
+    def _commit(self, conn: Hashable, peer: Hello) -> list:
+        self.winner = Won(conn, peer, b"")
+        return [Send(conn, COMMIT), self.winner]
+
+    def received(self, conn: Hashable, data: bytes) -> list:
+        """Bytes arrived on *conn*; returns the events they cause."""
+        if conn not in self._bufs:
+            return []
+        buf = self._bufs[conn]
+        buf += data
+        if self.winner is not None:
+            return []          # decided; kept in case the winner fails
+        peer = self._peers.get(conn)
+        if peer is None:
+            try:
+                peer = parse_hello(buf)
+            except NotPunchcat as exc:
+                self.lost(conn)
+                return [Drop(conn, str(exc))]
+            if peer is None:
+                return []
+            if peer.side_id == self.local.side_id:
+                self.lost(conn)
+                return [Drop(conn, "connected to itself")]
+            check_compatible(self.local, peer)
+            self._peers[conn] = peer
+            del buf[:HELLO_LEN]
+        if self.leads(peer):
+            if buf:
+                self.lost(conn)
+                return [Drop(conn, "peer sent data before the commit")]
+            return self._commit(conn, peer)
+        if not buf:
+            return []
+        if buf[:1] != COMMIT:
+            self.lost(conn)
+            return [Drop(conn, "peer sent data before the commit")]
+        self.winner = Won(conn, peer, bytes(buf[1:]))
+        return [self.winner]
+
+
+@dataclass
+class Link:
+    """The agreed connection, ready for user data."""
+
+    sock: socket.socket
+    peer: Hello
+    leader: bool
+    leftover: bytes
+
+
+def establish(puncher, local: Hello, deadline: float, reporter) -> Link:
+    """Run the punch and the election until one verified connection is agreed.
+
+    *puncher* produces established sockets (see :mod:`punchcat.punch`);
+    *deadline* is a ``time.monotonic()`` instant after which we give up.
+    Every socket that does not win is closed here.
+    """
+    election = Election(local)
+    sel = selectors.DefaultSelector()
+    conns: dict[socket.socket, float] = {}  # connection -> hello deadline
+
+    def close(sock: socket.socket) -> None:
+        conns.pop(sock, None)
+        followups = election.lost(sock)
+        try:
+            sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+        carry_out(followups)
+
+    def carry_out(events) -> None:
+        for ev in events:
+            if isinstance(ev, Send):
+                try:
+                    ev.conn.sendall(ev.data)
+                except OSError as exc:
+                    reporter.info(f"connection {_name(ev.conn)} failed: {exc.strerror}")
+                    close(ev.conn)
+            elif isinstance(ev, Drop):
+                reporter.info(f"dropped connection {_name(ev.conn)}: {ev.reason}")
+                close(ev.conn)
+
+    try:
+        puncher.start(sel)
+        while election.winner is None:
+            now = time.monotonic()
+            if now >= deadline:
+                raise NoConnection(puncher.failure_hint())
+            for sock in [s for s, t in conns.items() if t <= now]:
+                reporter.info(f"dropped connection {_name(sock)}: no hello within {HELLO_TIMEOUT:g} s")
+                close(sock)
+            wake = min([deadline, puncher.wakeup(), *conns.values()])
+            completed = []
+            for key, _mask in sel.select(max(0.0, wake - time.monotonic())):
+                if key.data is not None:            # a punch socket
+                    completed += puncher.handle(key)
+                    continue
+                sock = key.fileobj                  # a candidate connection
+                try:
+                    data = sock.recv(4096)
+                except OSError as exc:
+                    reporter.info(f"connection {_name(sock)} failed: {exc.strerror}")
+                    close(sock)
+                    continue
+                if not data:
+                    reporter.info(f"connection {_name(sock)} closed by the other end")
+                    close(sock)
+                    continue
+                carry_out(election.received(sock, data))
+            for sock in completed + puncher.tick():
+                reporter.info(f"connection {_name(sock)} established")
+                sock.setblocking(False)
+                conns[sock] = time.monotonic() + HELLO_TIMEOUT
+                sel.register(sock, selectors.EVENT_READ)
+                carry_out(election.opened(sock))
+        won = election.winner
+        reporter.info(f"winner: {_name(won.conn)} "
+                      f"({'leader' if election.leads(won.peer) else 'follower'})")
+        sel.unregister(won.conn)
+        conns.pop(won.conn)
+        won.conn.setblocking(True)
+        return Link(won.conn, won.peer, election.leads(won.peer), won.leftover)
+    finally:
+        for sock in list(conns):
+            close(sock)
+        puncher.close()
+        sel.close()
+
+
+def _name(sock: socket.socket) -> str:
+    try:
+        local, remote = sock.getsockname(), sock.getpeername()
+        return f"{local[1]}->{remote[0]}:{remote[1]}"
+    except OSError:
+        return "(closed)"

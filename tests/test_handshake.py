@@ -1,0 +1,142 @@
+"""The hello and the election, fed bytes without a network (sans-IO)."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from punchcat.errors import RemoteProtocolError
+from punchcat.handshake import (COMMIT, HELLO_LEN, MAGIC, VERSION, Drop, Election, Hello,
+                                NotPunchcat, Send, Won, parse_hello)
+
+LOW, HIGH = Hello(b"\x01" * 16), Hello(b"\xf0" * 16)
+
+
+def test_hello_layout():
+    data = Hello(bytes(range(16)), mode=0, flags=0).encode()
+    assert len(data) == HELLO_LEN == 27
+    assert data == b"PUNCHCAT" + bytes([VERSION, 0, 0]) + bytes(range(16))
+
+
+def test_parse_round_trip_and_partial_input():
+    data = HIGH.encode()
+    for cut in range(HELLO_LEN):
+        assert parse_hello(data[:cut]) is None
+    assert parse_hello(data) == HIGH
+    assert parse_hello(data + b"$rest") == HIGH
+
+
+@pytest.mark.parametrize("banner", [b"SSH-2.0-OpenSSH_9.2\r\n", b"HTTP/1.1 400", b"X", b"PUNCHCAX"])
+def test_other_protocols_are_rejected_at_the_first_differing_byte(banner):
+    with pytest.raises(NotPunchcat):
+        parse_hello(banner)
+
+
+def test_a_prefix_of_the_magic_waits_for_more():
+    assert parse_hello(b"PUNCH") is None
+
+
+def test_version_mismatch_is_a_clear_error():
+    with pytest.raises(RemoteProtocolError, match="version 9"):
+        parse_hello(MAGIC + bytes([9]))
+
+
+def test_unknown_mode_is_a_protocol_error():
+    with pytest.raises(RemoteProtocolError, match="unknown mode"):
+        parse_hello(MAGIC + bytes([VERSION, 77, 0]) + bytes(16))
+
+
+def test_leader_commits_on_first_verified_connection():
+    e = Election(HIGH)
+    assert e.opened("c1") == [Send("c1", HIGH.encode())]
+    e.opened("c2")
+    assert e.received("c2", LOW.encode()[:10]) == []
+    events = e.received("c2", LOW.encode()[10:])
+    assert events == [Send("c2", COMMIT), Won("c2", LOW, b"")]
+    assert e.received("c1", LOW.encode()) == []          # already decided
+    assert e.winner.conn == "c2"
+
+
+def test_follower_waits_for_the_commit_and_keeps_what_follows():
+    e = Election(LOW)
+    e.opened("c1")
+    e.opened("c2")
+    assert e.received("c1", HIGH.encode()) == []
+    assert e.received("c2", HIGH.encode()) == []
+    assert e.received("c2", COMMIT + b"user data") == [Won("c2", HIGH, b"user data")]
+    assert e.received("c1", COMMIT) == []
+
+
+def test_hello_and_commit_in_one_segment():
+    e = Election(LOW)
+    e.opened("c")
+    assert e.received("c", HIGH.encode() + COMMIT) == [Won("c", HIGH, b"")]
+
+
+def test_connection_to_itself_is_dropped():
+    e = Election(HIGH)
+    e.opened("c")
+    (event,) = e.received("c", HIGH.encode())
+    assert isinstance(event, Drop) and "itself" in event.reason
+    assert e.winner is None
+
+
+def test_non_punchcat_server_is_dropped_without_user_data():
+    e = Election(HIGH)
+    sent = e.opened("c")
+    (event,) = e.received("c", b"SSH-2.0-OpenSSH\r\n")
+    assert isinstance(event, Drop)
+    assert sent == [Send("c", HIGH.encode())]    # only our hello ever went out
+
+
+def test_follower_rejects_data_before_the_commit():
+    e = Election(LOW)
+    e.opened("c")
+    (event,) = e.received("c", HIGH.encode() + b"x")
+    assert isinstance(event, Drop)
+
+
+def test_leader_rejects_data_before_the_commit():
+    e = Election(HIGH)
+    e.opened("c")
+    (event,) = e.received("c", LOW.encode() + b"early")
+    assert isinstance(event, Drop)
+
+
+def test_leader_recommits_when_its_choice_fails():
+    e = Election(HIGH)
+    for c in ("c1", "c2"):
+        e.opened(c)
+    e.received("c1", LOW.encode())
+    e.received("c2", LOW.encode())           # verified but not chosen
+    assert e.winner.conn == "c1"
+    assert e.lost("c1") == [Send("c2", COMMIT), Won("c2", LOW, b"")]
+
+
+def test_unknown_mode_stops_the_election():
+    e = Election(Hello(b"\x01" * 16, mode=0))
+    e.opened("c")
+    with pytest.raises(RemoteProtocolError):
+        e.received("c", MAGIC + bytes([VERSION, 99, 0]) + HIGH.side_id)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=64))
+def test_parse_hello_never_crashes(data):
+    try:
+        result = parse_hello(data)
+    except (NotPunchcat, RemoteProtocolError):
+        return
+    assert result is None or len(data) >= HELLO_LEN
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=40), max_size=6))
+def test_election_survives_any_byte_stream(chunks):
+    e = Election(HIGH)
+    e.opened("c")
+    for chunk in chunks:
+        try:
+            events = e.received("c", chunk)
+        except RemoteProtocolError:
+            return
+        for ev in events:
+            assert isinstance(ev, (Send, Drop, Won))
