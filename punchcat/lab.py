@@ -1,0 +1,343 @@
+"""A NAT lab on one Linux box: two homes behind real NAT routers.
+
+::
+
+    host a ── router a ── core 1 ── core 2 ── router b ── host b
+    192.168.1.2   198.51.100.10      192.0.2.0/30     203.0.113.20   192.168.1.2
+
+Every box is a network namespace joined by veth pairs; the routers run
+nftables with real conntrack.  Both homes use the same private subnet, as
+real homes do, and two core routers sit between the homes, so a SYN with a
+small TTL dies in the "internet" before it reaches the far router.
+
+Per side the router can
+
+* ``nat``: ``preserve`` (masquerade, which keeps the source port when it
+  can), ``random`` (masquerade ``fully-random``) or ``none`` (the host has a
+  public address and the router is only a stateful firewall);
+* ``answer`` an unsolicited inbound SYN: ``drop`` it, ``reject`` it with a
+  TCP reset from the firewall, or leave it to the router's own TCP stack,
+  which answers with a reset (``open``: no filter at all).
+
+Needs root, ``ip`` (iproute2) and ``nft`` (nftables).  Traffic never leaves
+the namespaces the lab creates, and :meth:`Lab.close` removes them all, also
+after a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+NAT_MODES = ("preserve", "random", "none")
+ANSWERS = ("drop", "reject", "open")
+PREFIX = "pclab"
+
+_counter = itertools.count(1)
+
+
+class LabUnavailable(Exception):
+    """The lab cannot be built here; the message says what is missing."""
+
+
+def missing_prerequisites() -> list[str]:
+    """What this machine lacks to build the lab (empty when it can)."""
+    missing = []
+    if not sys.platform.startswith("linux"):
+        missing.append("Linux network namespaces")
+    if os.geteuid() != 0:
+        missing.append("root (network namespaces and nftables need it)")
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
+        if shutil.which(tool) is None:
+            missing.append(f"the '{tool}' command (apt-get install {package})")
+    return missing
+
+
+@dataclass(frozen=True)
+class Side:
+    """How one home is connected."""
+
+    nat: str = "preserve"
+    answer: str = "drop"
+
+    def __post_init__(self):
+        if self.nat not in NAT_MODES:
+            raise ValueError(f"nat must be one of {', '.join(NAT_MODES)}")
+        if self.answer not in ANSWERS:
+            raise ValueError(f"answer must be one of {', '.join(ANSWERS)}")
+
+
+# Per side: router WAN address, its core gateway, the public LAN used with nat=none
+_WAN = {"a": ("198.51.100.10", "198.51.100.1", "198.18.1"),
+        "b": ("203.0.113.20", "203.0.113.1", "198.18.2")}
+_CORE_LINK = ("192.0.2.1", "192.0.2.2")
+_PRIVATE_LAN = "192.168.1"
+
+
+def _ruleset(side: Side) -> str:
+    """The router's nftables ruleset."""
+    if side.answer == "drop":
+        unsolicited = "drop"
+    elif side.answer == "reject":
+        unsolicited = "meta l4proto tcp reject with tcp reset\n        reject"
+    else:
+        unsolicited = ""
+    rules = f"""
+table inet lab {{
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        ct state established,related accept
+        iifname "wan" {unsolicited}
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        ct state established,related accept
+        iifname "wan" {unsolicited}
+    }}
+}}
+"""
+    if side.nat != "none":
+        flags = " fully-random" if side.nat == "random" else ""
+        rules += f"""
+table ip labnat {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan" masquerade{flags}
+    }}
+}}
+"""
+    return rules
+
+
+class Lab:
+    """Two NATed hosts and the routers between them; use as a context manager."""
+
+    def __init__(self, a: Side = Side(), b: Side = Side()):
+        self.sides = {"a": a, "b": b}
+        tag = f"{PREFIX}{os.getpid()}-{next(_counter)}"
+        self.ns = {role: f"{tag}-{role}" for role in ("a", "ra", "c1", "c2", "rb", "b")}
+        self.procs: list[subprocess.Popen] = []
+        self._built: list[str] = []
+
+    # -- addresses ---------------------------------------------------------
+    def public_address(self, side: str) -> str:
+        """The address the *other* side names as PEER to reach *side*."""
+        if self.sides[side].nat == "none":
+            return f"{_WAN[side][2]}.2"
+        return _WAN[side][0]
+
+    def peer_of(self, side: str) -> str:
+        return self.public_address("b" if side == "a" else "a")
+
+    # -- building ----------------------------------------------------------
+    def __enter__(self) -> "Lab":
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def build(self) -> None:
+        missing = missing_prerequisites()
+        if missing:
+            raise LabUnavailable("the NAT lab needs " + ", ".join(missing))
+        sweep_stale()
+        for name in self.ns.values():
+            _ip("netns", "add", name)
+            self._built.append(name)
+        ns = self.ns
+        links = [("a", "eth0", "ra", "lan"), ("ra", "wan", "c1", "west"),
+                 ("c1", "east", "c2", "west"), ("c2", "east", "rb", "wan"),
+                 ("rb", "lan", "b", "eth0")]
+        for left, lname, right, rname in links:
+            _ip("link", "add", lname, "netns", ns[left], "type", "veth",
+                "peer", "name", rname, "netns", ns[right])
+        c1, c2 = _CORE_LINK
+        config = {"c1": [f"addr add {c1}/30 dev east", f"addr add {_WAN['a'][1]}/24 dev west",
+                         f"route add default via {c2}"],
+                  "c2": [f"addr add {c2}/30 dev west", f"addr add {_WAN['b'][1]}/24 dev east",
+                         f"route add default via {c1}"]}
+        for side, router, core in (("a", "ra", "c1"), ("b", "rb", "c2")):
+            wan, gateway, public = _WAN[side]
+            if self.sides[side].nat == "none":
+                lan, host = f"{public}.1/24", f"{public}.2/24"
+                config[core].append(f"route add {public}.0/24 via {wan}")
+            else:
+                lan, host = f"{_PRIVATE_LAN}.1/24", f"{_PRIVATE_LAN}.2/24"
+            config[router] = [f"addr add {wan}/24 dev wan", f"addr add {lan} dev lan",
+                              f"route add default via {gateway}"]
+            config[side] = [f"addr add {host} dev eth0",
+                            f"route add default via {lan.split('/')[0]}"]
+        for role, name in ns.items():
+            ifaces = {"a": ["eth0"], "b": ["eth0"], "ra": ["lan", "wan"], "rb": ["lan", "wan"],
+                      "c1": ["west", "east"], "c2": ["west", "east"]}[role]
+            batch = ["link set lo up"] + [f"link set {i} up" for i in ifaces] + config[role]
+            _ip("-n", name, "-batch", "-", stdin="\n".join(batch) + "\n")
+            if role not in ("a", "b"):
+                self.sh(role, "echo 1 > /proc/sys/net/ipv4/ip_forward")
+        for side, router in (("a", "ra"), ("b", "rb")):
+            _run(["ip", "netns", "exec", ns[router], "nft", "-f", "-"],
+                 stdin=_ruleset(self.sides[side]))
+
+    # -- running things inside ---------------------------------------------
+    def command(self, role: str, argv: list[str]) -> list[str]:
+        """*argv* as run inside the namespace of *role* (a, ra, c1, c2, rb, b)."""
+        return ["ip", "netns", "exec", self.ns[role], *argv]
+
+    def popen(self, role: str, argv: list[str], **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(self.command(role, argv), **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def sh(self, role: str, script: str) -> str:
+        return _run(self.command(role, ["sh", "-c", script]))
+
+    # -- teardown ----------------------------------------------------------
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs.clear()
+        while self._built:
+            _delete_namespace(self._built.pop())
+
+
+PUNCHCAT = [sys.executable, "-m", "punchcat"]
+
+
+@dataclass
+class Run:
+    """One punchcat process of a pair, once it has ended."""
+
+    side: str
+    returncode: int | None = None
+    stdout: bytes = b""
+    stderr: str = ""
+    started: float = 0.0
+    first_byte: float | None = None     # seconds from start to first stdout byte
+    ended: float = 0.0
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def elapsed(self) -> float:
+        return self.ended - self.started
+
+
+def run_pair(lab: Lab, args: list[str] | dict[str, list[str]] = (), *,
+             stdin: dict[str, bytes | str] | None = None,
+             stdout: dict[str, str] | None = None,
+             env: dict[str, dict[str, str]] | None = None,
+             delay_b: float = 0.0, timeout: float = 120.0) -> dict[str, Run]:
+    """Run punchcat on both hosts, each naming the other, and wait for both.
+
+    *args* are extra options, the same for both sides or per side.  *stdin*
+    per side is bytes (fed through a pipe) or a path (a regular file);
+    *stdout* per side is a path to write to (default: a pipe, captured).
+    Host b starts *delay_b* seconds after host a.
+    """
+    stdin, stdout, env = stdin or {}, stdout or {}, env or {}
+    runs: dict[str, Run] = {}
+    threads = []
+    for side in ("a", "b"):
+        side_args = args[side] if isinstance(args, dict) else list(args)
+        argv = [*PUNCHCAT, *side_args, lab.peer_of(side)]
+        runs[side] = Run(side, argv=argv)
+        threads.append(threading.Thread(
+            target=_run_one, daemon=True,
+            args=(lab, runs[side], stdin.get(side, b""), stdout.get(side),
+                  {**os.environ, **env.get(side, {})}, timeout)))
+    threads[0].start()
+    if delay_b:
+        time.sleep(delay_b)          # the experiment's own parameter
+    threads[1].start()
+    for thread in threads:
+        thread.join()
+    return runs
+
+
+def _run_one(lab: Lab, run: Run, stdin, stdout_path, env, timeout) -> None:
+    infile = open(stdin, "rb") if isinstance(stdin, str) else subprocess.PIPE
+    outfile = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
+    run.started = time.monotonic()
+    try:
+        proc = lab.popen(run.side, run.argv, stdin=infile, stdout=outfile,
+                         stderr=subprocess.PIPE, env=env)
+    finally:
+        for f in (infile, outfile):
+            if f is not subprocess.PIPE:
+                f.close()
+    killer = threading.Timer(timeout, proc.kill)   # a hung punchcat must not hang the caller
+    killer.start()
+    errs: list[bytes] = []
+    reader = threading.Thread(target=lambda: errs.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    if proc.stdin:
+        def feed() -> None:
+            try:
+                proc.stdin.write(stdin)
+                proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+        threading.Thread(target=feed, daemon=True).start()
+    chunks = []
+    if proc.stdout:
+        while True:
+            chunk = proc.stdout.read1(1 << 16)
+            if not chunk:
+                break
+            if run.first_byte is None:
+                run.first_byte = time.monotonic() - run.started
+            chunks.append(chunk)
+    run.returncode = proc.wait()
+    run.ended = time.monotonic()
+    killer.cancel()
+    reader.join()
+    run.stdout = b"".join(chunks)
+    run.stderr = b"".join(errs).decode(errors="replace")
+
+
+def _delete_namespace(name: str) -> None:
+    """Kill whatever still runs in namespace *name*, then delete it."""
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def sweep_stale() -> None:
+    """Delete lab namespaces left behind by processes that no longer exist."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        match = re.match(rf"({PREFIX}(\d+)-\d+-\w+)", line)
+        if match and not os.path.exists(f"/proc/{match.group(2)}"):
+            _delete_namespace(match.group(1))
+
+
+def _run(argv: list[str], stdin: str | None = None) -> str:
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise LabUnavailable(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _ip(*args: str, stdin: str | None = None) -> str:
+    return _run(["ip", *args], stdin=stdin)
