@@ -84,23 +84,23 @@ _PRIVATE_LAN = "192.168.1"
 
 def _ruleset(side: Side) -> str:
     """The router's nftables ruleset."""
-    if side.answer == "drop":
-        unsolicited = "drop"
-    elif side.answer == "reject":
-        unsolicited = "meta l4proto tcp reject with tcp reset\n        reject"
-    else:
-        unsolicited = ""
+    # What happens to new inbound connections from the internet side.
+    unsolicited = {"drop": ['iifname "wan" drop'],
+                   "reject": ['iifname "wan" meta l4proto tcp reject with tcp reset',
+                              'iifname "wan" reject'],
+                   "open": []}[side.answer]
+    unsolicited = "\n        ".join(unsolicited)
     rules = f"""
 table inet lab {{
     chain input {{
         type filter hook input priority filter; policy accept;
         ct state established,related accept
-        iifname "wan" {unsolicited}
+        {unsolicited}
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
         ct state established,related accept
-        iifname "wan" {unsolicited}
+        {unsolicited}
     }}
 }}
 """
