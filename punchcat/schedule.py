@@ -64,6 +64,7 @@ class Plan:
         return window(self.clock_error)
 
     def as_dict(self) -> dict:
+        active = active_ports(self.now, self.clock_error, self.run_window, len(self.ports))
         return {
             "bucket": self.bucket,
             "rendezvous": self.rendezvous,
@@ -72,11 +73,13 @@ class Plan:
             "clock_error": self.clock_error,
             "run_window": self.run_window,
             "window": self.window,
+            "active_buckets": sorted(set(active.values())),
+            "extra_ports": [p for p in active if p not in self.ports],
         }
 
 
-def article_plan(now: float, clock_error: float, run_window: float, count: int) -> Plan:
-    """The bucket, rendezvous and ports the article's script uses at *now*.
+def plan_bucket(now: float, clock_error: float, run_window: float) -> tuple[int, float]:
+    """The article's bucket and rendezvous for a run that starts at *now*.
 
     The rendezvous is the end of the current bucket plus the clock error; if
     that leaves less than *run_window* seconds, the script moves on to the
@@ -88,5 +91,35 @@ def article_plan(now: float, clock_error: float, run_window: float, count: int) 
     if rendezvous - now < run_window:
         bucket += 1
         rendezvous += w
+    return bucket, rendezvous
+
+
+def article_plan(now: float, clock_error: float, run_window: float, count: int) -> Plan:
+    """The bucket, rendezvous and ports the article's script uses at *now*."""
+    bucket, rendezvous = plan_bucket(now, clock_error, run_window)
     return Plan(now, clock_error, run_window, bucket, rendezvous,
                 tuple(ports_for_bucket(bucket, count)))
+
+
+def active_buckets(now: float, clock_error: float, run_window: float) -> list[int]:
+    """The buckets a peer whose clock is within *clock_error* of ours may use.
+
+    A peer whose clock reads *now* + d, |d| <= E, starts with the article's
+    bucket for that instant.  The article's bucket only grows with time, so
+    the buckets of [now - E, now + E] are those of its two ends; as the
+    interval is 2E long and a bucket 2E + 2, there are at most two.  Two
+    peers whose clocks differ by up to 2E hold at least one bucket in common
+    (the bucket of the midpoint between their clocks), whenever either starts.
+    """
+    return sorted({plan_bucket(now - clock_error, clock_error, run_window)[0],
+                   plan_bucket(now + clock_error, clock_error, run_window)[0]})
+
+
+def active_ports(now: float, clock_error: float, run_window: float,
+                 count: int) -> dict[int, int]:
+    """The candidate ports of the active buckets, each mapped to its bucket."""
+    ports: dict[int, int] = {}
+    for bucket in active_buckets(now, clock_error, run_window):
+        for port in ports_for_bucket(bucket, count):
+            ports.setdefault(port, bucket)
+    return ports
