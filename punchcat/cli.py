@@ -112,10 +112,9 @@ def punchcat(
 
     started = time.monotonic()
     deadline = started + timeout
-    start_at = started + (the_plan.rendezvous - now)
-    reporter.info(f"bucket {the_plan.bucket}, rendezvous in {the_plan.rendezvous - now:.1f} s, "
-                  f"ports {' '.join(map(str, the_plan.ports))}")
-    puncher = Puncher(family, address, the_plan.ports, start_at, reporter, deadline)
+    reporter.info(f"bucket {the_plan.bucket} (the article's rendezvous would be in "
+                  f"{the_plan.rendezvous - now:.0f} s), ports {' '.join(map(str, the_plan.ports))}")
+    puncher = Puncher(family, address, clock, clock_error, run_window, ports, reporter, deadline)
     link = establish(puncher, Hello.fresh(), deadline, reporter)
     reporter.info(f"connected to {address} in {time.monotonic() - started:.2f} s")
     stats = pipe(link.sock, sys.stdin.fileno(), sys.stdout.fileno(), link.leftover)

@@ -1,34 +1,76 @@
-"""Sockets that spray SYNs at the peer until TCP connections complete.
+"""Sockets that punch TCP connections through both NATs (sockets, selectors).
 
-Part 3 of the article: one non-blocking socket per candidate port, bound to
-that port with SO_REUSEADDR and SO_REUSEPORT, connecting to the *same* port
-on the peer (local port = remote port: it relies on NATs that preserve the
-source port).  Both sides connect at about the same time, so the SYNs cross
-and TCP's simultaneous open completes the connection through both NATs.
+Theory of operation
+-------------------
+The article binds one socket per candidate port and, at the rendezvous,
+connects it to the same port on the peer: the SYNs cross, each opens its own
+NAT's mapping, and TCP's simultaneous open completes the connection.  That
+needs the two sides to fire within the same moment, and fails when a SYN
+reaches the far router before the far side has sent its own: a router that
+answers with a reset kills the attempt and, for about ten seconds, the
+mapping on that port.  Here nobody waits for a rendezvous.
 
-A socket in SYN_SENT is never closed while the punch is under way: a close
-in that state sends nothing, but a close of a half-open connection could send
-a RST that makes the far router forget the mapping.  A socket whose connect
-failed (refused, timed out) is replaced by a new one bound to the same port;
-that works everywhere, whereas only Linux lets a failed socket connect again.
+*Sentinels.*  On every active port there is, at all times, one socket in
+SYN_SENT towards the same port on the peer.  Its SYN leaves with a small
+TTL (:data:`LOW_TTL`): it opens our own NAT's mapping for the peer but dies
+in the network before it can provoke the far router (the STUNT technique).
+Right after the SYN has left, the socket's TTL is raised again, so that
+when the peer's SYN arrives through the mapping, the simultaneous open
+answers it at full TTL with the same sequence number as our SYN, which is
+what a NAT's connection tracking expects.  (A listening socket would answer
+with a new sequence number, and Linux conntrack drops that answer.)  The
+ICMP time-exceeded that the small TTL provokes would abort a socket in
+SYN_SENT; IP_MINTTL makes the kernel ignore ICMP errors about packets that
+had less TTL left than that, so the sentinel survives it.  A sentinel is
+replaced every :data:`RECYCLE` seconds, before the kernel would retransmit
+its SYN at full TTL; closing a socket in SYN_SENT sends nothing.
+
+*Probes.*  A probe is a full-TTL SYN on one port: it reaches the far router
+and, if the peer holds a sentinel there, completes at once.  A peer that is
+not running yet would make a filtering router answer with a reset, and
+some routers then mis-map that port for a while, so probes are spread out:
+a burst on :data:`BURST` ports at start (the later of the two peers
+connects with it), then one port every :data:`PROBE_INTERVAL` seconds, in
+a random order of our own.
+
+*Buckets.*  The ports are those of the article's buckets that a peer whose
+clock is within the clock error of ours may be using
+(:func:`punchcat.schedule.active_buckets`); they roll with the clock, so a
+peer that starts minutes later still finds us.
 
 The puncher is driven by :func:`punchcat.handshake.establish`: it registers
 its sockets in the caller's selector, is told of their events, and hands
-over each socket that completes.
+over each socket whose connection completed.
 """
 
 from __future__ import annotations
 
 import errno
+import random
 import selectors
 import socket
 import time
+from typing import Callable
 
-#: Pause between spray rounds (article: "a 0.01 second sleep").
-PAUSE = 0.01
-#: A port that produced a connection is not tried again for this long (the
-#: connection may have been to something that is not a punchcat).
-COOLDOWN = 30.0
+from .schedule import active_ports
+
+#: TTL of a sentinel's SYN: past our own NAT (hop 1), dead at the next router.
+LOW_TTL = 2
+#: Replace a sentinel after this long, before the kernel retransmits (1 s).
+RECYCLE = 0.8
+#: Full-TTL probes at start, then one every PROBE_INTERVAL seconds.
+BURST = 8
+PROBE_INTERVAL = 0.5
+#: A port is probed again no sooner than this (a reset's mapping damage lasts ~10 s).
+PROBE_SPACING = 11.0
+#: How often the active ports are recomputed from the clock.
+ROLL_INTERVAL = 1.0
+#: After a port's socket was handed over, wait this long before arming it again.
+HANDED_OVER_PAUSE = 5.0
+
+IP_MINTTL = getattr(socket, "IP_MINTTL", 21)            # Linux value
+IPV6_MINHOPCOUNT = getattr(socket, "IPV6_MINHOPCOUNT", 73)
+TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", None)
 
 
 def bound_socket(family: int, port: int) -> socket.socket:
@@ -46,107 +88,229 @@ def bound_socket(family: int, port: int) -> socket.socket:
     return sock
 
 
-class Puncher:
-    """The article's punch: wait for the rendezvous, then spray the ports."""
+def _set_ttl(sock: socket.socket, family: int, ttl: int) -> None:
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
 
-    def __init__(self, family: int, peer: str, ports, start_at: float, reporter,
-                 deadline: float, pause: float = PAUSE):
+
+def _set_min_ttl(sock: socket.socket, family: int, ttl: int) -> bool:
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MINHOPCOUNT, ttl)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_MINTTL, ttl)
+        return True
+    except OSError:
+        return False
+
+
+def settle(sock: socket.socket, family: int) -> None:
+    """Undo the punching options on a socket whose connection completed."""
+    _set_ttl(sock, family, -1)          # -1: back to the system default
+    _set_min_ttl(sock, family, 0)
+    if TCP_USER_TIMEOUT is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 0)
+
+
+class _Port:
+    """One candidate port: its current socket and when it was last probed."""
+
+    __slots__ = ("number", "sock", "full", "born", "next_arm", "probed", "refusals")
+
+    def __init__(self, number: int):
+        self.number = number
+        self.sock: socket.socket | None = None
+        self.full = False            # the current socket's SYN went out at full TTL
+        self.born = 0.0
+        self.next_arm = 0.0          # when the next socket may be created
+        self.probed = -PROBE_SPACING
+        self.refusals = 0
+
+
+class Puncher:
+    """Sentinels on every active port and spread-out probes (module docstring)."""
+
+    def __init__(self, family: int, peer: str, clock: Callable[[], float],
+                 clock_error: float, run_window: float, count: int, reporter,
+                 deadline: float, rng: random.Random | None = None):
         self.family = family
         self.peer = peer
-        self.ports = list(ports)
-        self.start_at = start_at
-        self.deadline = deadline
+        self.clock = clock
+        self.clock_error = clock_error
+        self.run_window = run_window
+        self.count = count
         self.reporter = reporter
-        self.pause = pause
-        self.socks: dict[int, socket.socket] = {}
-        self.retry_at: dict[int, float] = {}   # port -> when to re-arm it
-        self.unbound: list[int] = []
+        self.deadline = deadline
+        self.rng = rng or random.SystemRandom()
+        self.ports: dict[int, _Port] = {}
+        self.order: list[int] = []        # our own random probing order
+        self.unbindable: set[int] = set()
+        self.buckets: list[int] = []
         self.sel: selectors.BaseSelector | None = None
-        self.next_tick = start_at
+        self.next_roll = 0.0
+        self.next_probe = 0.0
+        self.next_status = 0.0
+        self.refused = 0
         self.connections = 0
+        self.min_ttl_works = True
 
     # -- driven by handshake.establish -------------------------------------
     def start(self, sel: selectors.BaseSelector) -> None:
         self.sel = sel
-        for port in self.ports:
-            self._arm(port)
-        if self.unbound:
-            self.reporter.info(f"ports in use here, skipped: {' '.join(map(str, self.unbound))}")
+        now = time.monotonic()
+        self._roll(now)
+        for number in self.order[:BURST]:
+            self._probe(self.ports[number], now)
+        for port in self.ports.values():
+            if port.sock is None:
+                self._arm(port, now)
+        self.next_probe = now + PROBE_INTERVAL
 
     def wakeup(self) -> float:
-        return self.next_tick
+        pending = [p.next_arm if p.sock is None else p.born + RECYCLE
+                   for p in self.ports.values()]
+        return min([self.next_roll, self.next_probe, self.next_status, *pending])
 
     def tick(self) -> list[socket.socket]:
-        """Send what is due; returns the sockets whose connection completed."""
+        """Recycle sentinels and send probes that are due."""
         now = time.monotonic()
-        if now < self.next_tick:
-            return []
-        if now < self.start_at:
-            self.reporter.status(
-                f"punchcat: waiting for the rendezvous with {self.peer}: {self.start_at - now:.0f} s")
-            self.next_tick = min(self.start_at, now + 1.0)
-            return []
-        self.reporter.status(
-            f"punchcat: punching {self.peer} on {len(self.socks)} ports: "
-            f"{max(0.0, self.deadline - now):.0f} s left")
-        for port in [p for p, t in self.retry_at.items() if t <= now]:
-            del self.retry_at[port]
-            self._arm(port)
-        done = []
-        for port, sock in list(self.socks.items()):
-            done += self._connect(port, sock)
-        self.next_tick = now + self.pause
-        return done
+        if now >= self.next_roll:
+            self._roll(now)
+        for port in list(self.ports.values()):
+            if port.sock is None:
+                if now >= port.next_arm:
+                    self._arm(port, now)
+            elif now >= port.born + RECYCLE:
+                self._drop_socket(port)
+                self._arm(port, now)
+        if now >= self.next_probe:
+            self.next_probe = now + PROBE_INTERVAL
+            port = self._next_to_probe(now)
+            if port is not None:
+                self._probe(port, now)
+        if now >= self.next_status:
+            self.next_status = now + 1.0
+            self.reporter.status(f"punchcat: waiting for {self.peer} on {len(self.ports)} ports: "
+                                 f"{max(0.0, self.deadline - now):.0f} s left")
+        return []
 
     def handle(self, key: selectors.SelectorKey) -> list[socket.socket]:
-        port, sock = key.data, key.fileobj
-        if self.socks.get(port) is not sock:
+        port: _Port = key.data
+        sock = key.fileobj
+        if port.sock is not sock:
             return []
-        return self._connect(port, sock)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        now = time.monotonic()
+        if err == 0:
+            try:
+                sock.getpeername()
+            except OSError:
+                return []                # spurious wakeup, still connecting
+            self._drop_socket(port, close=False)
+            port.next_arm = now + HANDED_OVER_PAUSE
+            settle(sock, self.family)
+            self.connections += 1
+            return [sock]
+        self._drop_socket(port)
+        if err == errno.ECONNREFUSED and port.full:
+            # The far router answered our probe with a reset: the peer is not
+            # there (yet).  Our mapping is closing; reopen it at once.
+            self.refused += 1
+            port.refusals += 1
+            port.next_arm = now
+        else:
+            # A sentinel's end (timeout), or an ICMP error where IP_MINTTL is
+            # missing: the next sentinel at the usual pace.
+            port.next_arm = max(now, port.born + RECYCLE)
+        return []
 
     def close(self) -> None:
-        for port in list(self.socks):
-            self._forget(port).close()
+        for port in self.ports.values():
+            self._drop_socket(port)
         self.reporter.clear()
 
     def failure_hint(self) -> str:
-        if len(self.unbound) == len(self.ports):
-            return (f"no connection to {self.peer}: none of the {len(self.ports)} "
-                    f"candidate ports could be bound here")
+        if not self.ports:
+            return (f"no connection to {self.peer}: none of the candidate ports "
+                    f"could be bound here")
+        heard = (f"; its router answered {self.refused} probes with a reset, so it is "
+                 f"reachable" if self.refused else "")
         return (f"no connection to {self.peer}: is punchcat running there, pointed at this "
-                f"host's public address, with a clock within the clock error? Both NATs must "
-                f"preserve source ports; a NAT that randomises them cannot be punched")
+                f"host's public address, with a clock within the clock error{heard}? "
+                f"Both NATs must preserve source ports; a NAT that randomises them "
+                f"cannot be punched")
 
     # -- internals ---------------------------------------------------------
-    def _arm(self, port: int) -> None:
-        try:
-            sock = bound_socket(self.family, port)
-        except OSError:
-            if port not in self.unbound:
-                self.unbound.append(port)
+    def _roll(self, now: float) -> None:
+        """Follow the clock: open the ports of new buckets, retire old ones."""
+        self.next_roll = now + ROLL_INTERVAL
+        wanted = active_ports(self.clock(), self.clock_error, self.run_window, self.count)
+        buckets = sorted(set(wanted.values()))
+        if buckets == self.buckets:
             return
-        self.socks[port] = sock
+        self.buckets = buckets
+        for number in [n for n in self.ports if n not in wanted]:
+            self._drop_socket(self.ports.pop(number))
+        fresh = [n for n in wanted if n not in self.ports and n not in self.unbindable]
+        for number in fresh:
+            self.ports[number] = _Port(number)
+        self.rng.shuffle(fresh)
+        self.order = [n for n in self.order if n in self.ports] + fresh
+        self.reporter.info(f"buckets {' '.join(map(str, buckets))}: "
+                           f"ports {' '.join(map(str, sorted(self.ports)))}")
+
+    def _next_to_probe(self, now: float) -> _Port | None:
+        for _ in range(len(self.order)):
+            number = self.order.pop(0)
+            self.order.append(number)
+            port = self.ports[number]
+            if now - port.probed >= PROBE_SPACING and (port.sock is not None
+                                                       or now >= port.next_arm):
+                return port
+        return None
+
+    def _probe(self, port: _Port, now: float) -> None:
+        self._drop_socket(port)
+        port.probed = now
+        self._arm(port, now, full=True)
+
+    def _arm(self, port: _Port, now: float, full: bool = False) -> None:
+        """Create the port's next socket and send its SYN."""
+        try:
+            sock = bound_socket(self.family, port.number)
+        except OSError:
+            # In use by another program: give the port up for this run.
+            self.unbindable.add(port.number)
+            del self.ports[port.number]
+            self.order.remove(port.number)
+            self.reporter.info(f"port {port.number} is in use here, skipped")
+            return
+        if TCP_USER_TIMEOUT is not None:
+            # The kernel gives up at its first retransmission (1 s) instead
+            # of re-sending the SYN; our own recycling normally comes first.
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 100)
+        if not full:
+            _set_ttl(sock, self.family, LOW_TTL)
+            if self.min_ttl_works:
+                self.min_ttl_works = _set_min_ttl(sock, self.family, LOW_TTL)
+        err = sock.connect_ex((self.peer, port.number))
+        if not full:
+            _set_ttl(sock, self.family, -1)
+        port.born, port.full = now, full
+        if err not in (0, errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+            # e.g. EADDRNOTAVAIL: the 4-tuple is still in TIME_WAIT here.
+            sock.close()
+            port.next_arm = now + HANDED_OVER_PAUSE
+            return
+        port.sock = sock
         self.sel.register(sock, selectors.EVENT_WRITE, port)
 
-    def _forget(self, port: int) -> socket.socket:
-        sock = self.socks.pop(port)
-        self.sel.unregister(sock)
-        return sock
-
-    def _connect(self, port: int, sock: socket.socket) -> list[socket.socket]:
-        """(Re)issue connect on *port*; returns the socket if it completed."""
-        if time.monotonic() < self.start_at:
-            return []
-        err = sock.connect_ex((self.peer, port))
-        if err in (0, errno.EISCONN):
-            self.connections += 1
-            self.retry_at[port] = time.monotonic() + COOLDOWN
-            return [self._forget(port)]
-        if err in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
-            return []
-        # Failed (refused, unreachable, 4-tuple still in TIME_WAIT...): a fresh
-        # socket on the same port after a pause.  Closing a socket whose connect
-        # failed sends nothing.
-        self._forget(port).close()
-        self.retry_at[port] = time.monotonic() + self.pause
-        return []
+    def _drop_socket(self, port: _Port, close: bool = True) -> None:
+        if port.sock is None:
+            return
+        self.sel.unregister(port.sock)
+        if close:
+            port.sock.close()        # in SYN_SENT this sends nothing
+        port.sock = None
