@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
     try:
-        app(args=argv, prog_name="punchcat", standalone_mode=False)
+        status = app(args=argv, prog_name="punchcat", standalone_mode=False)
     except PunchcatError as exc:
         Reporter(QUIET).error(str(exc))
         return exc.exit_code
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         Reporter(QUIET).error(f"{message} (see punchcat --help)")
         return getattr(exc, "exit_code", 2)
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

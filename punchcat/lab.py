@@ -220,6 +220,29 @@ class Lab:
 
 PUNCHCAT = [sys.executable, "-m", "punchcat"]
 
+_OCCUPY = """
+import socket, sys, time
+held = []
+for port in map(int, sys.argv[1:]):
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", port)); s.listen()
+        held.append(s)
+    except OSError:
+        s.close()
+print(len(held), flush=True)
+time.sleep(3600)
+"""
+
+
+def occupy_ports(lab: Lab, role: str, ports) -> subprocess.Popen:
+    """Hold *ports* on host *role* with plain listening sockets (another
+    program using them), until the returned process is killed."""
+    proc = lab.popen(role, [sys.executable, "-c", _OCCUPY, *map(str, ports)],
+                     stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()          # bound
+    return proc
+
 
 @dataclass
 class Run:
@@ -243,20 +266,22 @@ def run_pair(lab: Lab, args: list[str] | dict[str, list[str]] = (), *,
              stdin: dict[str, bytes | str] | None = None,
              stdout: dict[str, str] | None = None,
              env: dict[str, dict[str, str]] | None = None,
+             wrap: dict[str, list[str]] | None = None,
              delay_b: float = 0.0, timeout: float = 120.0) -> dict[str, Run]:
     """Run punchcat on both hosts, each naming the other, and wait for both.
 
     *args* are extra options, the same for both sides or per side.  *stdin*
     per side is bytes (fed through a pipe) or a path (a regular file);
     *stdout* per side is a path to write to (default: a pipe, captured).
-    Host b starts *delay_b* seconds after host a.
+    *wrap* per side is a command prefix (e.g. faketime).  Host b starts
+    *delay_b* seconds after host a.
     """
-    stdin, stdout, env = stdin or {}, stdout or {}, env or {}
+    stdin, stdout, env, wrap = stdin or {}, stdout or {}, env or {}, wrap or {}
     runs: dict[str, Run] = {}
     threads = []
     for side in ("a", "b"):
         side_args = args[side] if isinstance(args, dict) else list(args)
-        argv = [*PUNCHCAT, *side_args, lab.peer_of(side)]
+        argv = [*wrap.get(side, []), *PUNCHCAT, *side_args, lab.peer_of(side)]
         runs[side] = Run(side, argv=argv)
         threads.append(threading.Thread(
             target=_run_one, daemon=True,

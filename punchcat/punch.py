@@ -163,7 +163,7 @@ class Puncher:
         self._roll(now)
         for number in self.order[:BURST]:
             self._probe(self.ports[number], now)
-        for port in self.ports.values():
+        for port in list(self.ports.values()):
             if port.sock is None:
                 self._arm(port, now)
         self.next_probe = now + PROBE_INTERVAL

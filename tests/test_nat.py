@@ -1,37 +1,22 @@
 """Real punchcat processes across real Linux NAT (root only; see conftest)."""
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
-from punchcat.lab import PUNCHCAT, Side, run_pair
-from punchcat.schedule import article_plan
+from punchcat.lab import PUNCHCAT, Side, occupy_ports, run_pair
+from punchcat.schedule import active_ports, plan_bucket, ports_for_bucket
 
-from conftest import sha
+from conftest import REQUIRE_LAB, sha
 
 pytestmark = pytest.mark.lab
 
-# Short buckets so that one test takes seconds: W = 2*1+2 = 4 s.
-FAST = ["--clock-error", "1", "--run-window", "1", "-w", "20", "-v"]
-
-
-def aligned(args=FAST, margin=1.0):
-    """Wait until both peers, started within *margin* seconds, get the same plan.
-
-    The article's plan changes at bucket boundaries; two processes that start
-    on either side of one would use different ports.  (The punch that
-    tolerates this is the subject of a later change.)
-    """
-    error, run_window = float(args[1]), float(args[3])
-    while True:
-        now = time.time()
-        first = article_plan(now, error, run_window, 1).bucket
-        if article_plan(now + margin, error, run_window, 1).bucket == first:
-            return
-        time.sleep(0.05)
+FAST = ["-w", "20", "-v"]
 
 
 def assert_clean_success(runs, sent):
@@ -44,7 +29,6 @@ def assert_clean_success(runs, sent):
 def test_both_directions_at_once_through_pipes(make_lab, payload):
     lab = make_lab()
     sent = {"a": payload(4_000_000), "b": payload(3_000_000)}
-    aligned()
     runs = run_pair(lab, FAST, stdin=sent)
     assert_clean_success(runs, sent)
     assert "winner" in runs["a"].stderr and "winner" in runs["b"].stderr
@@ -55,7 +39,6 @@ def test_regular_files_in_and_out(make_lab, payload, tmp_path):
     sent = {"a": payload(4_000_000), "b": payload(2_500_000)}
     for side in "ab":
         (tmp_path / f"in-{side}").write_bytes(sent[side])
-    aligned()
     runs = run_pair(lab, FAST, stdin={s: str(tmp_path / f"in-{s}") for s in "ab"},
                     stdout={s: str(tmp_path / f"out-{s}") for s in "ab"})
     for side, other in (("a", "b"), ("b", "a")):
@@ -65,8 +48,7 @@ def test_regular_files_in_and_out(make_lab, payload, tmp_path):
 
 def test_no_peer_times_out_with_the_likely_causes(make_lab):
     lab = make_lab()
-    proc = lab.popen("a", [*PUNCHCAT, "--clock-error", "1", "--run-window", "1", "-w", "3",
-                           lab.peer_of("a")],
+    proc = lab.popen("a", [*PUNCHCAT, "-w", "3", lab.peer_of("a")],
                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
@@ -109,14 +91,13 @@ def test_a_server_on_a_candidate_port_never_sees_stdin(make_lab, banner):
     # candidate port accepts punchcat's connections.
     lab = make_lab(Side(), Side(nat="none", answer="open"))
     now = time.time()
-    ports = sorted({p for dt in range(0, 40, 2)
-                    for p in article_plan(now + dt, 1, 1, 16).ports})
+    first, last = plan_bucket(now - 25, 20, 10)[0], plan_bucket(now + 45, 20, 10)[0]
+    ports = sorted({p for bucket in range(first, last + 1) for p in ports_for_bucket(bucket, 16)})
     service = lab.popen("b", [sys.executable, "-c", SERVICE, banner, *map(str, ports)],
                         stdout=subprocess.PIPE, text=True)
     assert service.stdout.readline() == "ready\n"
     marker = b"STDIN-MUST-NOT-LEAK"
-    proc = lab.popen("a", [*PUNCHCAT, "--clock-error", "1", "--run-window", "1", "-w", "12", "-v",
-                           lab.public_address("b")],
+    proc = lab.popen("a", [*PUNCHCAT, "-w", "8", "-v", lab.public_address("b")],
                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(marker * 100, timeout=60)
     service.kill()
@@ -129,3 +110,76 @@ def test_a_server_on_a_candidate_port_never_sees_stdin(make_lab, banner):
     assert received.startswith(b"PUNCHCAT")                # only hellos went out
     assert marker not in received
     assert b"dropped connection" in err
+
+
+# -- every row of the punch matrix once, at the default clock error ---------
+
+def exchange(lab, payload, args=(), **kwargs):
+    sent = {"a": payload(64 * 1024), "b": payload(64 * 1024)}
+    runs = run_pair(lab, ["-w", "30", "-v", *args], stdin=sent, **kwargs)
+    assert_clean_success(runs, sent)
+    return runs
+
+
+@pytest.mark.parametrize("answer", ["reject", "open"])
+def test_routers_that_answer_unsolicited_syns_with_a_reset(make_lab, payload, answer):
+    exchange(make_lab(Side(answer=answer), Side(answer=answer)), payload, delay_b=1.0)
+
+
+def test_public_host_behind_a_stateful_firewall(make_lab, payload):
+    exchange(make_lab(Side(nat="none", answer="drop"), Side()), payload, delay_b=1.0)
+
+
+@pytest.mark.parametrize("answer, skew", [("drop", 15), ("reject", -15)])
+def test_clocks_apart_within_the_clock_error(make_lab, payload, answer, skew):
+    lab = make_lab(Side(answer=answer), Side(answer=answer))
+    exchange(lab, payload, env={"b": {"PUNCHCAT_CLOCK_OFFSET": str(skew)}}, delay_b=0.5)
+
+
+def test_a_really_shifted_clock(make_lab, payload):
+    # libfaketime shifts what the process reads as the time of day.
+    if shutil.which("faketime") is None:
+        pytest.fail("faketime is not installed (apt-get install faketime)") if REQUIRE_LAB \
+            else pytest.skip("faketime is not installed")
+    lab = make_lab()
+    shifted = subprocess.run(["faketime", "-f", "+15s", *PUNCHCAT, "--plan"],
+                             capture_output=True, check=True)
+    assert json.loads(shifted.stdout)["now"] - time.time() > 14       # the shift took effect
+    exchange(lab, payload, wrap={"b": ["faketime", "-f", "+15s"]}, delay_b=0.5)
+
+
+def test_late_start_across_a_bucket_boundary(make_lab, payload):
+    # Buckets of 2*2+2 = 6 s; host b starts 7 s later, in another bucket.
+    runs = exchange(make_lab(), payload, args=["--clock-error", "2"], delay_b=7.0)
+    buckets = [re.search(r"bucket (\d+)", runs[s].stderr).group(1) for s in "ab"]
+    assert buckets[0] != buckets[1]
+
+
+def test_ports_in_use_on_one_side(make_lab, payload):
+    lab = make_lab()
+    ports = sorted(active_ports(time.time(), 20, 10, 16))
+    holder = occupy_ports(lab, "a", ports[::2])
+    try:
+        runs = exchange(lab, payload, delay_b=0.5)
+    finally:
+        holder.kill()
+    assert "in use here" in runs["a"].stderr
+
+
+def test_a_new_session_right_after_the_previous_one(make_lab, payload):
+    lab = make_lab(Side(answer="reject"), Side(answer="reject"))
+    exchange(lab, payload)
+    tracked = lab.sh("ra", "conntrack -L -p tcp 2>/dev/null")
+    assert "TIME_WAIT" in tracked or "CLOSE" in tracked     # the previous session's traces
+    exchange(lab, payload, delay_b=0.3)
+
+
+def test_a_nat_that_randomises_ports_fails_clearly(make_lab):
+    lab = make_lab(Side(nat="random"), Side(nat="random"))
+    runs = run_pair(lab, ["-w", "4"], stdin={"a": b"x", "b": b"y"}, delay_b=0.2, timeout=30)
+    for run in runs.values():
+        assert run.returncode == 1
+        assert run.elapsed < 4 + 3
+        assert run.stdout == b""
+        lines = run.stderr.splitlines()
+        assert len(lines) == 1 and "preserve source ports" in lines[0]

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Punch success and connect time across NAT behaviours, at the default settings.
+
+Runs real punchcat processes in the NAT lab (needs root, ip, nft), N runs per
+row, and prints one table: successes, and the time from the later peer's
+start to the first byte it received (median and 95th percentile).
+
+    python benchmarks/punch_matrix.py            # 20 runs per row
+    python benchmarks/punch_matrix.py -n 3 --rows drop,reject
+
+A run succeeds when both sides exit 0 and each received the other's bytes
+intact; in the "random" row it succeeds when both exit 1 within --timeout and
+stderr names the likely cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from punchcat.lab import Lab, Side, occupy_ports, run_pair  # noqa: E402
+from punchcat.schedule import active_ports  # noqa: E402
+
+PAYLOAD = 64 * 1024
+
+
+@dataclass
+class Row:
+    name: str
+    label: str
+    a: Side = field(default_factory=Side)
+    b: Side = field(default_factory=Side)
+    delay: tuple[float, float] = (0.0, 3.0)
+    skew: float = 0.0                 # b's clock offset, sign alternating per run
+    occupy: bool = False              # half the candidate ports in use on host a
+    chained: bool = False             # each run right after the previous, same lab
+    expect_failure: bool = False
+    timeout: float | None = None
+
+
+ROWS = [
+    Row("drop", "both NATs preserve ports; routers drop unsolicited"),
+    Row("reject", "both preserve; firewalls reject with RST",
+        Side(answer="reject"), Side(answer="reject")),
+    Row("open", "both preserve; no filter (router stack answers RST)",
+        Side(answer="open"), Side(answer="open")),
+    Row("public", "one side public behind a stateful firewall, the other NATed",
+        Side(nat="none", answer="drop"), Side()),
+    Row("skew-drop", "clocks differ by 15 s (either sign), drop routers", skew=15.0),
+    Row("skew-reject", "clocks differ by 15 s (either sign), reject routers",
+        Side(answer="reject"), Side(answer="reject"), skew=15.0),
+    Row("late", "second peer starts 5-60 s after the first", delay=(5.0, 60.0)),
+    Row("in-use", "half the candidate ports in use on one side", occupy=True),
+    Row("again", "new session right after the previous one (TIME_WAIT, conntrack)",
+        chained=True),
+    Row("random", "NAT randomises ports (masquerade fully-random): both exit 1",
+        Side(nat="random"), Side(nat="random"), expect_failure=True, timeout=10.0),
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def one_run(lab: Lab, row: Row, index: int, rng: random.Random) -> tuple[bool, float | None, str]:
+    sent = {"a": os.urandom(PAYLOAD), "b": os.urandom(PAYLOAD)}
+    args = ["-v"] + (["-w", str(row.timeout)] if row.timeout else [])
+    env = {}
+    if row.skew:
+        env["b"] = {"PUNCHCAT_CLOCK_OFFSET": str(row.skew if index % 2 == 0 else -row.skew)}
+    runs = run_pair(lab, args, stdin=sent, env=env, delay_b=rng.uniform(*row.delay),
+                    timeout=(row.timeout or 180) + 60)
+    a, b = runs["a"], runs["b"]
+    if row.expect_failure:
+        ok = all(r.returncode == 1 and "preserve source ports" in r.stderr
+                 and r.elapsed <= row.timeout + 5 for r in (a, b))
+        return ok, None, "" if ok else a.stderr[-300:] + b.stderr[-300:]
+    ok = (a.returncode == 0 and b.returncode == 0
+          and a.stdout == sent["b"] and b.stdout == sent["a"])
+    detail = "" if ok else f"a={a.returncode} b={b.returncode}\n{a.stderr[-400:]}\n{b.stderr[-400:]}"
+    return ok, b.first_byte, detail
+
+
+def run_row(row: Row, n: int, rng: random.Random, verbose: bool) -> dict:
+    results, times = 0, []
+    lab = None
+    holder = None
+    try:
+        for i in range(n):
+            if lab is None or not row.chained:
+                if lab is not None:
+                    lab.close()
+                lab = Lab(row.a, row.b).__enter__()
+                if row.occupy:
+                    wanted = sorted(active_ports(time.time(), 20, 10, 16))
+                    holder = occupy_ports(lab, "a", wanted[::2])
+                if row.chained:
+                    one_run(lab, row, -1, rng)          # the previous session
+            ok, t, detail = one_run(lab, row, i, rng)
+            results += ok
+            if ok and t is not None:
+                times.append(t)
+            if verbose:
+                print(f"  {row.name} #{i + 1}: {'ok' if ok else 'FAIL'}"
+                      + (f" {t:.2f} s" if t is not None else ""), file=sys.stderr)
+                if not ok:
+                    print(detail, file=sys.stderr)
+    finally:
+        if holder is not None:
+            holder.kill()
+        if lab is not None:
+            lab.close()
+    return {"ok": results, "n": n, "times": times}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=20, help="runs per row (20)")
+    parser.add_argument("--rows", help="comma-separated row names: " + ",".join(r.name for r in ROWS))
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("-v", action="store_true", help="one line per run on stderr")
+    opts = parser.parse_args()
+    rows = ROWS if not opts.rows else [r for r in ROWS if r.name in opts.rows.split(",")]
+    rng = random.Random(opts.seed)
+    print(f"# punch matrix: {opts.n} runs per row, default settings (E = 20 s), "
+          f"{time.strftime('%Y-%m-%d')}, {platform.node()} {platform.machine()}, "
+          f"Linux {platform.release()}, {os.cpu_count()} CPUs")
+    print()
+    print("| row | success | connect median | connect p95 |")
+    print("|---|---|---|---|")
+    for row in rows:
+        started = time.monotonic()
+        res = run_row(row, opts.n, rng, opts.v)
+        times = res["times"]
+        med = f"{statistics.median(times):.2f} s" if times else "-"
+        p95 = f"{percentile(times, 0.95):.2f} s" if times else "-"
+        print(f"| {row.label} | {res['ok']}/{res['n']} | {med} | {p95} |", flush=True)
+        if opts.v:
+            print(f"  ({row.name}: {time.monotonic() - started:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
