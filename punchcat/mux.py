@@ -1,0 +1,279 @@
+"""Many TCP sessions over the one punched link (sans-IO).
+
+Theory of operation
+-------------------
+Between a ``-L`` side (the *opener*, which accepts local clients) and a
+``-c`` side (which connects each session to its target), every session's
+bytes travel in frames on the single punched connection::
+
+    type (1 byte) | session id (4 bytes) | length (4 bytes) | payload
+
+=======  ============================================================
+OPEN     the opener starts a session (ids increase, never reused)
+DATA     payload bytes of the session
+EOF      the sender will send no more on this session (half-close)
+RESET    the session is aborted; payload: a short reason in UTF-8
+WINDOW   payload: 4-byte credit; the receiver may take that many more bytes
+=======  ============================================================
+
+*Flow control.*  Each direction of each session has a window: a sender may
+have at most :data:`WINDOW` bytes of DATA that the receiver has not yet
+delivered to its local socket.  The receiver returns credit (WINDOW frames)
+as its local socket takes the bytes.  So a session whose local end stalls
+holds at most one window of buffered data, and never stops the link: the
+other sessions keep flowing.
+
+*Fairness.*  Frames waiting to be sent are taken one per session in turn
+(control frames first), and DATA frames carry at most :data:`MAX_PAYLOAD`
+bytes, so an interactive session's keystroke waits behind at most one
+bulk frame per busy session, not behind a whole transfer.
+
+*Ends.*  A session is finished when both sides have sent EOF, or at once
+when either sends RESET.  Frames that were in flight for a session that has
+just ended are ignored; frames for a session that was never opened are a
+protocol error.
+
+:class:`Mux` never touches a socket: :meth:`Mux.receive` is fed the bytes
+read from the link and returns events; :meth:`Mux.pull` gives the bytes to
+write to it.  Any malformed input raises
+:class:`~punchcat.errors.RemoteProtocolError`; misuse by the caller raises
+:class:`~punchcat.errors.LocalProtocolError`.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from dataclasses import dataclass
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+HEADER = struct.Struct("!BII")
+OPEN, DATA, EOF, RESET, WINDOW = 1, 2, 3, 4, 5
+FRAME_NAMES = {OPEN: "OPEN", DATA: "DATA", EOF: "EOF", RESET: "RESET", WINDOW: "WINDOW"}
+#: Largest DATA payload; also the fairness quantum.
+MAX_PAYLOAD = 256 * 1024
+#: Per-direction, per-session window (bytes in flight or buffered).
+WINDOW_SIZE = 4 * 1024 * 1024
+#: Credit is returned in pieces at least this large (fewer WINDOW frames).
+GRANT_STEP = WINDOW_SIZE // 4
+MAX_REASON = 256
+_PAYLOAD_LIMIT = {OPEN: 0, DATA: MAX_PAYLOAD, EOF: 0, RESET: MAX_REASON, WINDOW: 4}
+
+
+# -- events ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Opened:
+    sid: int
+
+
+@dataclass(frozen=True)
+class Data:
+    sid: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Eof:
+    sid: int
+
+
+@dataclass(frozen=True)
+class Reset:
+    sid: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Credit:
+    """The peer gave credit to a session that had none: it may send again."""
+    sid: int
+
+
+class _Session:
+    __slots__ = ("sid", "credit", "allowed", "ungranted", "eof_sent", "eof_received", "queue")
+
+    def __init__(self, sid: int):
+        self.sid = sid
+        self.credit = WINDOW_SIZE      # bytes we may still send
+        self.allowed = WINDOW_SIZE     # bytes the peer may still send us
+        self.ungranted = 0             # delivered locally, credit not yet returned
+        self.eof_sent = False
+        self.eof_received = False
+        self.queue: collections.deque = collections.deque()   # DATA/EOF frames to send
+
+
+class Mux:
+    """One side of the multiplexer (see the module docstring)."""
+
+    def __init__(self, opener: bool):
+        self.opener = opener
+        self.sessions: dict[int, _Session] = {}
+        self.highest = 0                 # highest session id ever opened
+        self._control: collections.deque = collections.deque()
+        self._ready: collections.deque = collections.deque()   # sids with queued frames
+        self._inbuf = bytearray()
+
+    # -- sending ---------------------------------------------------------------
+    def open(self) -> int:
+        """Start a new session (opener only); returns its id."""
+        if not self.opener:
+            raise LocalProtocolError("only the -L side opens sessions")
+        self.highest += 1
+        self.sessions[self.highest] = _Session(self.highest)
+        self._control.append(HEADER.pack(OPEN, self.highest, 0))
+        return self.highest
+
+    def credit(self, sid: int) -> int:
+        """How many bytes :meth:`send` accepts now for *sid* (0 if closed)."""
+        s = self.sessions.get(sid)
+        return 0 if s is None or s.eof_sent else s.credit
+
+    def send(self, sid: int, data) -> None:
+        s = self._live(sid)
+        if s.eof_sent:
+            raise LocalProtocolError(f"session {sid}: data after EOF")
+        if len(data) > s.credit:
+            raise LocalProtocolError(f"session {sid}: {len(data)} bytes exceed the credit")
+        s.credit -= len(data)
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_PAYLOAD):
+            chunk = view[start:start + MAX_PAYLOAD]
+            self._enqueue(s, (HEADER.pack(DATA, sid, len(chunk)), chunk))
+
+    def send_eof(self, sid: int) -> None:
+        s = self._live(sid)
+        if not s.eof_sent:
+            s.eof_sent = True
+            self._enqueue(s, (HEADER.pack(EOF, sid, 0),))
+            self._maybe_finish(s)
+
+    def reset(self, sid: int, reason: str = "") -> None:
+        """Abort *sid*; its queued data is discarded."""
+        s = self.sessions.pop(sid, None)
+        if s is None:
+            return
+        payload = reason.encode()[:MAX_REASON]
+        self._control.append(HEADER.pack(RESET, sid, len(payload)) + payload)
+
+    def consumed(self, sid: int, n: int) -> None:
+        """*n* received bytes of *sid* were delivered locally: return credit."""
+        s = self.sessions.get(sid)
+        if s is None:
+            return
+        s.ungranted += n
+        if s.ungranted >= GRANT_STEP or (s.ungranted and s.allowed < GRANT_STEP):
+            s.allowed += s.ungranted
+            self._control.append(HEADER.pack(WINDOW, sid, 4) + struct.pack("!I", s.ungranted))
+            s.ungranted = 0
+
+    def wants_to_write(self) -> bool:
+        return bool(self._control or self._ready)
+
+    def pull(self, budget: int = 4 * MAX_PAYLOAD) -> list:
+        """Buffers to write to the link, about *budget* bytes, in fair order."""
+        out: list = []
+        size = 0
+        while self._control and size < budget:
+            frame = self._control.popleft()
+            out.append(frame)
+            size += len(frame)
+        while self._ready and size < budget:
+            sid = self._ready.popleft()
+            s = self.sessions.get(sid)
+            if s is None or not s.queue:
+                continue
+            for part in s.queue.popleft():
+                out.append(part)
+                size += len(part)
+            if s.queue:
+                self._ready.append(sid)       # round robin: back of the line
+            else:
+                self._maybe_finish(s)
+        return out
+
+    # -- receiving -------------------------------------------------------------
+    def receive(self, data) -> list:
+        """Bytes read from the link; returns the events they complete."""
+        self._inbuf += data
+        events: list = []
+        buf = self._inbuf
+        pos = 0
+        while len(buf) - pos >= HEADER.size:
+            kind, sid, length = HEADER.unpack_from(buf, pos)
+            if kind not in FRAME_NAMES:
+                raise RemoteProtocolError(f"mux: unknown frame type {kind}")
+            limit = _PAYLOAD_LIMIT[kind]
+            if length > limit:
+                raise RemoteProtocolError(
+                    f"mux: {FRAME_NAMES[kind]} frame of {length} bytes (at most {limit})")
+            if len(buf) - pos < HEADER.size + length:
+                break
+            payload = bytes(buf[pos + HEADER.size: pos + HEADER.size + length])
+            pos += HEADER.size + length
+            self._frame(kind, sid, payload, events)
+        del buf[:pos]
+        return events
+
+    def _frame(self, kind: int, sid: int, payload: bytes, events: list) -> None:
+        name = FRAME_NAMES[kind]
+        if sid == 0:
+            raise RemoteProtocolError(f"mux: {name} frame for session 0")
+        if kind == OPEN:
+            if self.opener:
+                raise RemoteProtocolError("mux: the -c side tried to open a session")
+            if sid <= self.highest:
+                raise RemoteProtocolError(f"mux: bad OPEN for session {sid}")
+            self.highest = sid
+            self.sessions[sid] = _Session(sid)
+            events.append(Opened(sid))
+            return
+        if sid > self.highest:
+            raise RemoteProtocolError(f"mux: {name} frame for session {sid}, never opened")
+        s = self.sessions.get(sid)
+        if s is None:
+            return                     # in flight when the session ended: ignore
+        if kind == DATA:
+            if s.eof_received:
+                raise RemoteProtocolError(f"mux: data after EOF on session {sid}")
+            if len(payload) > s.allowed:
+                raise RemoteProtocolError(f"mux: session {sid} overran its window")
+            s.allowed -= len(payload)
+            if payload:
+                events.append(Data(sid, payload))
+        elif kind == EOF:
+            if s.eof_received:
+                raise RemoteProtocolError(f"mux: bad EOF on session {sid}")
+            s.eof_received = True
+            events.append(Eof(sid))
+            self._maybe_finish(s)
+        elif kind == RESET:
+            del self.sessions[sid]
+            events.append(Reset(sid, payload.decode(errors="replace")))
+        elif kind == WINDOW:
+            if len(payload) != 4:
+                raise RemoteProtocolError(f"mux: bad WINDOW on session {sid}")
+            (increment,) = struct.unpack("!I", payload)
+            if s.credit + increment > 2 ** 31:
+                raise RemoteProtocolError(f"mux: window overflow on session {sid}")
+            was_empty = s.credit == 0
+            s.credit += increment
+            if was_empty and increment and not s.eof_sent:
+                events.append(Credit(sid))
+
+    # -- internals -------------------------------------------------------------
+    def _live(self, sid: int) -> _Session:
+        s = self.sessions.get(sid)
+        if s is None:
+            raise LocalProtocolError(f"session {sid} is not open")
+        return s
+
+    def _enqueue(self, s: _Session, frame: tuple) -> None:
+        if not s.queue:
+            self._ready.append(s.sid)
+        s.queue.append(frame)
+
+    def _maybe_finish(self, s: _Session) -> None:
+        """Both EOFs exchanged: forget the session once its frames are out."""
+        if s.eof_sent and s.eof_received and not s.queue:
+            self.sessions.pop(s.sid, None)
