@@ -1,29 +1,54 @@
-"""The pipe: stdin to the peer and the peer to stdout, until both are done.
+"""The pipe: input to the peer and the peer to output, until both are done.
 
-Four directions, as in nc: stdin is read and sent to the net, the net is read
-and written to stdout.  Each of the two flows runs in its own thread with
-blocking I/O, because stdin and stdout may be regular files or /dev/null,
-which ``select``/epoll refuse.  The half-close rules:
+Four directions, as in nc: input (stdin, or a target socket) is read and sent
+to the net; the net is read and written to output (stdout, or the same
+socket).  Each of the two flows runs in its own thread with blocking I/O,
+because stdin and stdout may be regular files or /dev/null, which
+``select``/epoll refuse.  The half-close rules:
 
-* stdin ends: shut down our write side (the peer sees EOF), keep receiving;
-* the peer ends its side: everything has been written to stdout, that flow
-  is done; keep sending stdin;
+* input ends: shut down our sending side (the peer sees EOF), keep receiving;
+* the peer ends its side: everything has been written out, that flow is
+  done (a socket output is shut down for writing); keep sending input;
 * both done: close the connection, status 0;
-* a flow fails (connection reset, stdout closed): stop everything, status 1.
+* a flow fails (connection reset, output closed): stop everything, status 1.
+
+Each flow picks the cheapest way the OS offers for the two ends it joins
+(only on an unencrypted channel, whose socket can be handed to the kernel):
+
+=========================  ====================================================
+input is a regular file    ``sendfile`` to the socket (no copy through us)
+input is a pipe            ``splice`` from the pipe to the socket
+output is a pipe/file/     ``splice`` through a pipe of our own (never straight
+socket                     into the output pipe: see :func:`_down_splice`)
+anything else              ``read``/``recv_into`` a reused buffer, ``write``
+=========================  ====================================================
+
+None of these waits to fill a buffer: each call moves what is there, so a
+line typed at a terminal is sent at once.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import queue
-import socket
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .errors import LinkLost, PunchcatError
 
 BUFSIZE = 256 * 1024
+#: Most bytes asked of one splice/sendfile call.
+CHUNK = 4 * 1024 * 1024
+#: Pipe size asked for (F_SETPIPE_SZ); the default is 64 KiB.
+PIPE_SIZE = 1024 * 1024
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+HAVE_SPLICE = hasattr(os, "splice")
+HAVE_SENDFILE = hasattr(os, "sendfile")
 
 
 @dataclass
@@ -38,56 +63,208 @@ class Stats:
         return (self.ended or time.monotonic()) - self.started
 
 
+def kind(fd: int) -> str:
+    """What *fd* is: file, pipe, socket, tty or other (a device, /dev/null)."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISFIFO(mode):
+        return "pipe"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "tty" if os.isatty(fd) else "other"
+
+
 def write_all(fd: int, data) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
-def _up(sock: socket.socket, fd: int, stats: Stats) -> None:
-    """stdin -> net, then half-close."""
+def _grow_pipe(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass                      # not a pipe we may resize; the default works
+
+
+def _input_error(exc: OSError) -> PunchcatError:
+    return PunchcatError(f"cannot read input: {exc.strerror}")
+
+
+def _output_error(exc: OSError) -> PunchcatError:
+    return PunchcatError(f"cannot write output: {exc.strerror}")
+
+
+def _link_error(exc: OSError, doing: str) -> LinkLost:
+    return LinkLost(f"connection lost while {doing}: {exc.strerror}")
+
+
+class _Splicer:
+    """A pipe of our own, to splice between two ends that are not pipes."""
+
+    def __init__(self):
+        self.r, self.w = os.pipe()
+        _grow_pipe(self.w)
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+# -- input -> net -----------------------------------------------------------------
+
+def _up(channel, fd: int, stats: Stats) -> None:
+    """Input to the net, then half-close."""
+    how = kind(fd)
+    if channel.plain and HAVE_SENDFILE and how == "file":
+        _up_sendfile(channel, fd, stats)
+    elif channel.plain and HAVE_SPLICE and how in ("pipe", "socket"):
+        _up_splice(channel, fd, stats, through_pipe=how == "socket")
+    else:
+        _up_copy(channel, fd, stats)
+    channel.shutdown_write()
+
+
+def _up_copy(channel, fd: int, stats: Stats) -> None:
     while True:
         try:
             data = os.read(fd, BUFSIZE)
         except OSError as exc:
-            raise PunchcatError(f"cannot read stdin: {exc.strerror}") from None
+            raise _input_error(exc) from None
         if not data:
-            break
-        try:
-            sock.sendall(data)
-        except OSError as exc:
-            raise LinkLost(f"connection lost while sending: {exc.strerror}") from None
+            return
+        channel.sendall(data)
         stats.sent += len(data)
-    try:
-        sock.shutdown(socket.SHUT_WR)
-    except OSError as exc:
-        raise LinkLost(f"connection lost at the end of input: {exc.strerror}") from None
 
 
-def _down(sock: socket.socket, fd: int, leftover: bytes, stats: Stats) -> None:
-    """net -> stdout, until the peer's EOF."""
-    buf = bytearray(BUFSIZE)
-    view = memoryview(buf)
-    pending = leftover
+def _up_sendfile(channel, fd: int, stats: Stats) -> None:
+    sock = channel.fileno()
     while True:
-        if pending:
-            try:
-                write_all(fd, pending)
-            except OSError as exc:
-                raise PunchcatError(f"cannot write stdout: {exc.strerror}") from None
-            stats.received += len(pending)
         try:
-            n = sock.recv_into(buf)
+            n = os.sendfile(sock, fd, None, CHUNK)
         except OSError as exc:
-            raise LinkLost(f"connection lost while receiving: {exc.strerror}") from None
+            if exc.errno in (errno.EINVAL, errno.ENOSYS) and stats.sent == 0:
+                return _up_copy(channel, fd, stats)     # e.g. a file system without it
+            if exc.errno == errno.EIO:
+                raise _input_error(exc) from None
+            raise _link_error(exc, "sending") from None
         if n == 0:
             return
-        pending = view[:n]
+        stats.sent += n
 
 
-def pipe(sock: socket.socket, stdin_fd: int, stdout_fd: int, leftover: bytes = b"",
-         stats: Stats | None = None) -> Stats:
-    """Relay until both directions are done; raises on the first failure."""
+def _up_splice(channel, fd: int, stats: Stats, through_pipe: bool) -> None:
+    sock = channel.fileno()
+    if not through_pipe:
+        _grow_pipe(fd)
+        while True:
+            try:
+                n = os.splice(fd, sock, CHUNK)
+            except OSError as exc:
+                raise _link_error(exc, "sending") from None
+            if n == 0:
+                return
+            stats.sent += n
+    mid = _Splicer()
+    try:
+        while True:
+            try:
+                n = os.splice(fd, mid.w, CHUNK)
+            except OSError as exc:
+                raise _input_error(exc) from None
+            if n == 0:
+                return
+            while n:
+                try:
+                    moved = os.splice(mid.r, sock, n)
+                except OSError as exc:
+                    raise _link_error(exc, "sending") from None
+                n -= moved
+                stats.sent += moved
+    finally:
+        mid.close()
+
+
+# -- net -> output ----------------------------------------------------------------
+
+def _down(channel, fd: int, leftover: bytes, stats: Stats,
+          sink_eof: Callable[[], None] | None) -> None:
+    """The net to output, until the peer's EOF."""
+    if leftover:
+        try:
+            write_all(fd, leftover)
+        except OSError as exc:
+            raise _output_error(exc) from None
+        stats.received += len(leftover)
+    if channel.plain and HAVE_SPLICE and kind(fd) in ("pipe", "file", "socket"):
+        _down_splice(channel, fd, stats)
+    else:
+        _down_copy(channel, fd, stats)
+    if sink_eof is not None:
+        sink_eof()
+
+
+def _down_copy(channel, fd: int, stats: Stats) -> None:
+    buf = bytearray(BUFSIZE)
+    view = memoryview(buf)
+    while True:
+        n = channel.recv_into(buf)
+        if n == 0:
+            return
+        try:
+            write_all(fd, view[:n])
+        except OSError as exc:
+            raise _output_error(exc) from None
+        stats.received += n
+
+
+def _down_splice(channel, fd: int, stats: Stats) -> None:
+    """Socket to *fd* through a pipe of our own, even when *fd* is a pipe.
+
+    A splice from a socket straight into the output pipe would wait for
+    network data while holding that pipe's lock, and a reader of the pipe
+    would then block in read() even though bytes are there: a protocol
+    where each side waits for the other's answer (ssh) would deadlock.
+    Our own pipe has no other reader, and the second splice only moves
+    bytes that are already there.
+    """
+    sock = channel.fileno()
+    if kind(fd) == "pipe":
+        _grow_pipe(fd)
+    mid = _Splicer()
+    try:
+        while True:
+            try:
+                n = os.splice(sock, mid.w, CHUNK)
+            except OSError as exc:
+                raise _link_error(exc, "receiving") from None
+            if n == 0:
+                return
+            while n:
+                try:
+                    moved = os.splice(mid.r, fd, n)
+                except OSError as exc:
+                    raise _output_error(exc) from None
+                n -= moved
+                stats.received += moved
+    finally:
+        mid.close()
+
+
+# -- both -------------------------------------------------------------------------
+
+def pipe(channel, source_fd: int, sink_fd: int, leftover: bytes = b"",
+         stats: Stats | None = None, sink_eof: Callable[[], None] | None = None,
+         tick: Callable[[Stats], None] | None = None) -> Stats:
+    """Relay until both directions are done; raises on the first failure.
+
+    *source_fd* is read and sent to the peer (stdin, or a target socket);
+    what the peer sends is written to *sink_fd* (stdout, or the same socket),
+    starting with *leftover*.  *sink_eof* is called when the peer has ended
+    its side (to pass the half-close on to a socket).  *tick* is called about
+    twice a second while data moves (for a progress line).
+    """
     stats = stats or Stats()
     results: queue.Queue = queue.Queue()
 
@@ -97,10 +274,12 @@ def pipe(sock: socket.socket, stdin_fd: int, stdout_fd: int, leftover: bytes = b
             results.put(None)
         except PunchcatError as exc:
             results.put(exc)
+        except BaseException as exc:      # a bug: report it rather than hang
+            results.put(PunchcatError(f"internal error in the relay: {exc!r}"))
 
-    threads = [threading.Thread(target=run, args=(_up, sock, stdin_fd, stats), daemon=True),
-               threading.Thread(target=run, args=(_down, sock, stdout_fd, leftover, stats),
-                                daemon=True)]
+    threads = [threading.Thread(target=run, args=(_up, channel, source_fd, stats), daemon=True),
+               threading.Thread(target=run, args=(_down, channel, sink_fd, leftover, stats,
+                                                  sink_eof), daemon=True)]
     for t in threads:
         t.start()
     try:
@@ -110,14 +289,11 @@ def pipe(sock: socket.socket, stdin_fd: int, stdout_fd: int, leftover: bytes = b
                     exc = results.get(timeout=0.5)
                     break
                 except queue.Empty:
-                    continue
+                    if tick is not None:
+                        tick(stats)
             if exc is not None:
                 raise exc
     finally:
         stats.ended = time.monotonic()
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
+        channel.close()
     return stats

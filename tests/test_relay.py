@@ -1,21 +1,37 @@
-"""The pipe over socketpairs: both directions, half-close, every kind of stdin/stdout."""
+"""The pipe over local sockets: both directions, half-close, every kind of input and output.
 
+Each fast path (sendfile from a file, splice from/to a pipe, splice through a
+pipe of our own to a file or socket) and the plain copy (terminal, /dev/null,
+an encrypted channel) is checked with checksums.
+"""
+
+import hashlib
 import os
 import socket
 import threading
+import time
 
 import pytest
 
-from punchcat.errors import LinkLost
-from punchcat.relay import pipe
+from punchcat.channel import PlainChannel
+from punchcat.errors import LinkLost, PunchcatError
+from punchcat.relay import kind, pipe
 
 
-def run_pipe(sock, stdin_fd, stdout_fd, leftover=b""):
+def tcp_pair():
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    return client, server
+
+
+def run_pipe(sock, source_fd, sink_fd, leftover=b"", **kwargs):
     box = {}
 
     def target():
         try:
-            box["stats"] = pipe(sock, stdin_fd, stdout_fd, leftover)
+            box["stats"] = pipe(PlainChannel(sock), source_fd, sink_fd, leftover, **kwargs)
         except Exception as exc:  # noqa: BLE001 - reported to the test
             box["error"] = exc
     t = threading.Thread(target=target, daemon=True)
@@ -25,74 +41,221 @@ def run_pipe(sock, stdin_fd, stdout_fd, leftover=b""):
 
 def read_all(sock):
     chunks = []
-    while chunk := sock.recv(65536):
+    while chunk := sock.recv(1 << 20):
         chunks.append(chunk)
     return b"".join(chunks)
 
 
+def send_and_close(sock, data):
+    def go():
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t
+
+
+def drain_fd(fd, out: list, chunk=1 << 20, pause=0.0):
+    def go():
+        while data := os.read(fd, chunk):
+            out.append(data)
+            if pause:
+                time.sleep(pause)     # a slow reader, by design
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_kinds_of_file_descriptors(tmp_path):
+    r, w = os.pipe()
+    a, b = socket.socketpair()
+    master, slave = os.openpty()
+    with open(tmp_path / "f", "wb") as f, open(os.devnull, "rb") as null:
+        assert [kind(f.fileno()), kind(r), kind(a.fileno()), kind(slave), kind(null.fileno())] \
+            == ["file", "pipe", "socket", "tty", "other"]
+
+
 def test_file_in_file_out_both_directions(tmp_path, payload):
-    up, down = payload(3_000_000), payload(2_000_000)
-    src = tmp_path / "in"
-    src.write_bytes(up)
-    ours, theirs = socket.socketpair()
-    with open(src, "rb") as fin, open(tmp_path / "out", "wb") as fout:
+    """sendfile from a regular file; splice through our pipe into a regular file."""
+    up, down = payload(8_000_000), payload(6_000_000)
+    (tmp_path / "in").write_bytes(up)
+    ours, theirs = tcp_pair()
+    with open(tmp_path / "in", "rb") as fin, open(tmp_path / "out", "wb") as fout:
         t, box = run_pipe(ours, fin.fileno(), fout.fileno(), leftover=b"early:")
-        sender = threading.Thread(target=lambda: (theirs.sendall(down), theirs.shutdown(socket.SHUT_WR)))
-        sender.start()
+        sender = send_and_close(theirs, down)
         got = read_all(theirs)
         sender.join()
-        t.join(10)
-    assert "error" not in box
-    assert got == up
-    assert (tmp_path / "out").read_bytes() == b"early:" + down
+        t.join(20)
+    assert "error" not in box, box
+    assert sha(got) == sha(up)
+    assert sha((tmp_path / "out").read_bytes()) == sha(b"early:" + down)
     assert box["stats"].sent == len(up) and box["stats"].received == len(down) + 6
 
 
-def test_pipes_and_half_close(payload):
-    data = payload(500_000)
-    ours, theirs = socket.socketpair()
+def test_file_input_from_its_current_offset(tmp_path):
+    (tmp_path / "in").write_bytes(b"HEADER\n" + b"body" * 1000)
+    ours, theirs = tcp_pair()
+    out_r, out_w = os.pipe()
+    with open(tmp_path / "in", "rb") as fin:
+        fin.readline()                       # the caller consumed the first line
+        os.lseek(fin.fileno(), fin.tell(), os.SEEK_SET)
+        t, box = run_pipe(ours, fin.fileno(), out_w)
+        got = read_all(theirs)
+        theirs.close()
+        t.join(10)
+    assert got == b"body" * 1000
+
+
+def test_pipe_in_pipe_out_with_half_close(payload):
+    """splice from the stdin pipe to the socket, from the socket to the stdout pipe."""
+    up, down = payload(5_000_000), payload(7_000_000)
+    ours, theirs = tcp_pair()
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     t, box = run_pipe(ours, in_r, out_w)
-    os.write(in_w, b"line one\n")
-    assert theirs.recv(100) == b"line one\n"           # sent at once, no buffering
-    os.close(in_w)                                      # stdin EOF -> peer sees EOF
-    assert read_all(theirs) == b""
-    sender = threading.Thread(                          # peer can still send
-        target=lambda: (theirs.sendall(data), theirs.shutdown(socket.SHUT_WR)), daemon=True)
-    sender.start()
-    received = b""
-    while chunk := os.read(out_r, 65536):
-        received += chunk
-        if len(received) == len(data):
-            break
-    t.join(10)
-    assert not t.is_alive() and "error" not in box
-    assert received == data
+    threading.Thread(target=lambda: (os.write(in_w, up[:10]), os.write(in_w, up[10:]),
+                                     os.close(in_w)), daemon=True).start()
+    got = read_all(theirs)                   # ends: stdin EOF became the peer's EOF
+    received: list = []
+    reader = drain_fd(out_r, received)
+    send_and_close(theirs, down).join()
+    t.join(20)
+    os.close(out_w)
+    reader.join(10)
+    assert "error" not in box, box
+    assert sha(got) == sha(up)
+    assert sha(b"".join(received)) == sha(down)
 
 
-def test_dev_null_stdin_sends_nothing():
-    ours, theirs = socket.socketpair()
+def test_a_typed_line_is_sent_at_once():
+    """A terminal as stdin: the line goes out before any EOF."""
+    ours, theirs = tcp_pair()
+    master, slave = os.openpty()
     out_r, out_w = os.pipe()
-    with open(os.devnull, "rb") as null:
-        t, box = run_pipe(ours, null.fileno(), out_w)
+    t, box = run_pipe(ours, slave, out_w)
+    os.write(master, b"hello there\n")
+    theirs.settimeout(5)
+    assert theirs.recv(100) == b"hello there\n"
+    os.write(master, b"second line\n")
+    assert theirs.recv(100) == b"second line\n"
+    theirs.close()
+
+
+def test_socket_to_socket_relay(payload):
+    """-c serving a pipe peer: a target socket on both ends of the relay."""
+    data_up, data_down = payload(3_000_000), payload(4_000_000)
+    link_ours, link_theirs = tcp_pair()
+    target_ours, target_theirs = tcp_pair()
+    t, box = run_pipe(link_ours, target_ours.fileno(), target_ours.fileno(),
+                      sink_eof=lambda: target_ours.shutdown(socket.SHUT_WR))
+    s1 = send_and_close(target_theirs, data_up)
+    s2 = send_and_close(link_theirs, data_down)
+    got_link = read_all(link_theirs)
+    got_target = read_all(target_theirs)
+    s1.join()
+    s2.join()
+    t.join(20)
+    assert "error" not in box, box
+    assert sha(got_link) == sha(data_up)
+    assert sha(got_target) == sha(data_down)
+
+
+def test_slow_reader_loses_nothing(payload):
+    data = payload(3_000_000)
+    ours, theirs = tcp_pair()
+    in_r, in_w = os.pipe()
+    os.close(in_w)
+    out_r, out_w = os.pipe()
+    t, box = run_pipe(ours, in_r, out_w)
+    received: list = []
+    reader = drain_fd(out_r, received, chunk=4096, pause=0.0005)
+    send_and_close(theirs, data).join()
+    t.join(60)
+    os.close(out_w)
+    reader.join(60)
+    assert "error" not in box, box
+    assert sha(b"".join(received)) == sha(data)
+
+
+def test_dev_null_in_and_out():
+    ours, theirs = tcp_pair()
+    with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
+        t, box = run_pipe(ours, null_in.fileno(), null_out.fileno())
         assert read_all(theirs) == b""
-        theirs.sendall(b"bye")
+        theirs.sendall(b"into the void")
         theirs.close()
         t.join(10)
-    assert os.read(out_r, 10) == b"bye"
     assert "error" not in box
+    assert box["stats"].received == len(b"into the void")
 
 
-def test_reset_by_peer_is_an_error():
+def test_reset_by_peer_is_a_link_error():
+    ours, theirs = tcp_pair()
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname())
-    server, _ = listener.accept()
-    t, box = run_pipe(client, in_r, out_w)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    server.close()                                      # RST
+    t, box = run_pipe(ours, in_r, out_w)
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    theirs.close()                                      # RST
     t.join(10)
     assert isinstance(box.get("error"), LinkLost)
-    listener.close()
+
+
+def test_closed_stdout_is_an_output_error(payload):
+    ours, theirs = tcp_pair()
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.close(out_r)                                     # nobody reads stdout
+    t, box = run_pipe(ours, in_r, out_w)
+    send_and_close(theirs, payload(100_000))
+    t.join(10)
+    assert isinstance(box.get("error"), PunchcatError)
+    assert "output" in str(box["error"])
+
+
+@pytest.mark.parametrize("leftover", [b"", b"$-follows"])
+def test_unix_socketpair_channel(leftover):
+    """A unix-domain channel (the socketpair kind) works as well."""
+    ours, theirs = socket.socketpair()
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    t, box = run_pipe(ours, in_r, out_w, leftover=leftover)
+    os.write(in_w, b"abc")
+    os.close(in_w)
+    assert read_all(theirs) == b"abc"
+    theirs.sendall(b"xyz")
+    theirs.close()
+    t.join(10)
+    os.close(out_w)
+    assert os.read(out_r, 100) == leftover + b"xyz"
+
+
+def test_request_and_answer_through_a_stdout_pipe():
+    """The reader of stdout gets bytes that are there while punchcat waits for more.
+
+    (A splice straight from the socket into the stdout pipe holds the pipe's
+    lock while it waits for the network, so a reader blocks: ssh as a
+    ProxyCommand deadlocked that way.)
+    """
+    ours, theirs = tcp_pair()
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    t, box = run_pipe(ours, in_r, out_w)
+    for turn in range(3):
+        theirs.sendall(b"question %d\n" % turn)
+        got = {}
+        reader = threading.Thread(target=lambda: got.setdefault("line", os.read(out_r, 100)),
+                                  daemon=True)
+        reader.start()
+        reader.join(5)
+        assert got.get("line") == b"question %d\n" % turn, "the stdout reader is stuck"
+        os.write(in_w, b"answer %d\n" % turn)
+        theirs.settimeout(5)
+        assert theirs.recv(100) == b"answer %d\n" % turn
+    os.close(in_w)
+    theirs.close()
+    t.join(10)
+    assert "error" not in box

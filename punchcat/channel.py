@@ -1,0 +1,134 @@
+"""The agreed connection as a byte stream: what the relay and the mux use.
+
+A channel offers two ways to move bytes:
+
+* blocking calls for the pipe's two threads (:meth:`recv_into`,
+  :meth:`sendall`, :meth:`shutdown_write`); and
+* non-blocking calls for the multiplexer's event loop (:meth:`read`,
+  :meth:`queue`, :meth:`flush`, :meth:`backlog`).
+
+:class:`PlainChannel` is the TCP connection itself (its file descriptor
+also serves the zero-copy paths of :mod:`punchcat.relay`);
+an encrypted channel lives in :mod:`punchcat.secure`.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from .errors import LinkLost
+
+#: Most buffers handed to one sendmsg() call.
+IOV_MAX = 64
+
+
+def lost(exc: OSError, doing: str) -> LinkLost:
+    if exc.errno == errno.ETIMEDOUT:
+        return LinkLost(f"connection lost while {doing}: the peer stopped answering "
+                        f"(it or the path to it is gone)")
+    return LinkLost(f"connection lost while {doing}: {exc.strerror or exc}")
+
+
+def keep_alive(sock: socket.socket, seconds: float) -> None:
+    """Notice a vanished peer within about *seconds*, idle or sending.
+
+    Idle: TCP keepalive probes start after half the bound and three unanswered
+    probes, a sixth of the bound apart, end the connection.  Sending:
+    TCP_USER_TIMEOUT ends it when data stays unacknowledged for the bound.
+    The probes also keep NAT mappings along the path from expiring.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    options = (("TCP_KEEPIDLE", max(1, round(seconds / 2))),
+               ("TCP_KEEPINTVL", max(1, round(seconds / 6))),
+               ("TCP_KEEPCNT", 3),
+               ("TCP_USER_TIMEOUT", int(seconds * 1000)))
+    for name, value in options:
+        if hasattr(socket, name):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+            except OSError:
+                pass              # an OS that lacks one still gets the others
+
+
+class PlainChannel:
+    """The punched TCP connection, unencrypted."""
+
+    plain = True
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Interactive use first: a keystroke must not wait for an ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._out: list = []          # buffers queued by the event loop
+        self._out_bytes = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    # -- blocking (relay threads) -------------------------------------------
+    def recv_into(self, buf) -> int:
+        try:
+            return self.sock.recv_into(buf)
+        except OSError as exc:
+            raise lost(exc, "receiving") from None
+
+    def sendall(self, data) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise lost(exc, "sending") from None
+
+    def shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise lost(exc, "closing") from None
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    # -- non-blocking (mux event loop) ----------------------------------------
+    def read(self, size: int = 1 << 20) -> bytes | None:
+        """Bytes available now; b"" at end of stream; None if none yet."""
+        try:
+            return self.sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            raise lost(exc, "receiving") from None
+
+    def queue(self, buffers) -> None:
+        for buf in buffers:
+            if len(buf):
+                self._out.append(memoryview(buf).cast("B"))
+                self._out_bytes += len(buf)
+
+    def backlog(self) -> int:
+        return self._out_bytes
+
+    def flush(self) -> None:
+        """Write what the socket takes now."""
+        while self._out:
+            try:
+                sent = self.sock.sendmsg(self._out[:IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    return
+                raise lost(exc, "sending") from None
+            self._out_bytes -= sent
+            while sent:
+                head = self._out[0]
+                if sent >= len(head):
+                    sent -= len(head)
+                    self._out.pop(0)
+                else:
+                    self._out[0] = head[sent:]
+                    sent = 0
