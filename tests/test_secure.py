@@ -1,0 +1,185 @@
+"""The secret: proofs, the encrypted stream, tampering and truncation (no network)."""
+
+import base64
+import decimal
+import importlib.resources
+import math
+import os
+import socket
+import threading
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from punchcat.errors import LinkLost
+from punchcat.handshake import FLAG_SECRET, Hello
+from punchcat.relay import pipe
+from punchcat.secure import AuthenticationFailed, SecureChannel, generate_secret, secure
+
+LEADER, FOLLOWER = Hello(b"\xee" * 16, flags=FLAG_SECRET), Hello(b"\x11" * 16, flags=FLAG_SECRET)
+IDS = (LEADER.side_id, FOLLOWER.side_id)
+
+
+def both_sides(secret_leader, secret_follower, wrap=None):
+    """Run secure() on both ends of a socketpair; returns (leader, follower) results."""
+    a, b = socket.socketpair()
+    if wrap:
+        a, b = wrap(a, b)
+    out = {}
+
+    def side(name, sock, leader, secret):
+        try:
+            local, peer = (LEADER, FOLLOWER) if leader else (FOLLOWER, LEADER)
+            out[name] = secure(sock, secret, leader, local.encode(), peer.encode(), b"", IDS)
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            out[name] = exc
+            sock.close()
+    threads = [threading.Thread(target=side, args=("leader", a, True, secret_leader)),
+               threading.Thread(target=side, args=("follower", b, False, secret_follower))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return out["leader"], out["follower"]
+
+
+def test_generated_secrets_are_fresh_and_long():
+    a, b = generate_secret(), generate_secret()
+    assert a != b and len(a) >= 32
+
+
+def test_right_secret_gives_an_encrypted_stream_both_ways():
+    leader, follower = both_sides("correct horse", "correct horse")
+    assert isinstance(leader, SecureChannel) and isinstance(follower, SecureChannel)
+    leader.sendall(b"from the leader")
+    follower.sendall(b"from the follower")
+    buf = bytearray(100)
+    assert bytes(buf[:follower.recv_into(buf)]) == b"from the leader"
+    assert bytes(buf[:leader.recv_into(buf)]) == b"from the follower"
+    leader.shutdown_write()
+    assert follower.recv_into(buf) == 0            # an authenticated end of stream
+    follower.sendall(b"after your end")            # half-close: the other way still works
+    assert bytes(buf[:leader.recv_into(buf)]) == b"after your end"
+
+
+@pytest.mark.parametrize("leader_secret, follower_secret", [("right", "wrong"), ("wrong", "right")])
+def test_wrong_secret_fails_on_both_sides(leader_secret, follower_secret):
+    leader, follower = both_sides(leader_secret, follower_secret)
+    assert isinstance(leader, AuthenticationFailed), leader
+    assert isinstance(follower, AuthenticationFailed), follower
+    assert "authentication failed" in str(leader) and "authentication failed" in str(follower)
+
+
+def test_a_peer_that_is_not_tls_fails_authentication():
+    a, b = socket.socketpair()
+    b.sendall(b"GET / HTTP/1.0\r\n\r\n" * 10)
+    b.close()
+    with pytest.raises(AuthenticationFailed):
+        secure(a, "s", False, FOLLOWER.encode(), LEADER.encode(), b"", IDS)
+
+
+class Flipper:
+    """A relay between the peers that flips one byte of the encrypted stream."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def __call__(self, a, b):
+        a2, a_inner = socket.socketpair()
+        b2, b_inner = socket.socketpair()
+        count = {"ab": 0}
+
+        def pump(src, dst, key):
+            try:
+                while data := src.recv(65536):
+                    if key == "ab":
+                        start = count["ab"]
+                        if start <= self.at < start + len(data):
+                            data = bytearray(data)
+                            data[self.at - start] ^= 0x40
+                        count["ab"] += len(data)
+                    dst.sendall(bytes(data))
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass          # one side gave up: that is the point of the test
+        threading.Thread(target=pump, args=(a_inner, b_inner, "ab"), daemon=True).start()
+        threading.Thread(target=pump, args=(b_inner, a_inner, "ba"), daemon=True).start()
+        return a2, b2
+
+
+def test_a_flipped_byte_is_detected_and_nothing_corrupt_is_delivered():
+    # Let the handshake and proofs through, then flip a byte of the payload.
+    leader, follower = both_sides("s", "s", wrap=Flipper(at=100_000))
+    assert isinstance(leader, SecureChannel), leader
+    payload = os.urandom(400_000)
+    threading.Thread(target=lambda: (leader.sendall(payload), leader.shutdown_write()),
+                     daemon=True).start()
+    received = bytearray()
+    buf = bytearray(1 << 16)
+    with pytest.raises(LinkLost, match="integrity"):
+        while n := follower.recv_into(buf):
+            received += buf[:n]
+    assert payload.startswith(bytes(received))       # only authentic bytes came out
+    assert len(received) < 100_000
+
+
+def test_truncation_without_the_end_marker_is_an_error():
+    leader, follower = both_sides("s", "s")
+    leader.sendall(b"partial")
+    leader.sock.shutdown(socket.SHUT_WR)             # the TCP end, no authenticated end
+    buf = bytearray(100)
+    assert follower.recv_into(buf) == 7
+    with pytest.raises(LinkLost, match="truncated"):
+        follower.recv_into(buf)
+
+
+def test_the_relay_runs_over_the_secure_channel():
+    leader, follower = both_sides("s", "s")
+    data = os.urandom(3_000_000)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("stats", pipe(leader, in_r, out_w)),
+                         daemon=True)
+    t.start()
+    writer = threading.Thread(target=lambda: (os.write(in_w, data[:1000]), os.write(in_w, data[1000:]),
+                                              os.close(in_w)), daemon=True)
+    writer.start()
+    got = bytearray()
+    buf = bytearray(1 << 20)
+    while n := follower.recv_into(buf):
+        got += buf[:n]
+    follower.shutdown_write()
+    t.join(20)
+    assert bytes(got) == data
+
+
+def test_dh_parameters_are_rfc_7919_ffdhe2048():
+    pem = importlib.resources.files("punchcat").joinpath("ffdhe2048.pem").read_text()
+    der = base64.b64decode("".join(line for line in pem.splitlines() if "-----" not in line))
+
+    def integer(pos):
+        assert der[pos] == 2
+        length, pos = der[pos + 1], pos + 2
+        if length & 0x80:
+            size = length & 0x7F
+            length, pos = int.from_bytes(der[pos:pos + size], "big"), pos + size
+        return int.from_bytes(der[pos:pos + length], "big"), pos + length
+    p, pos = integer(2 + (der[1] & 0x7F if der[1] & 0x80 else 0))
+    g, _ = integer(pos)
+    decimal.getcontext().prec = 700
+    e = sum(decimal.Decimal(1) / math.factorial(k) for k in range(400))
+    assert g == 2
+    assert p == 2 ** 2048 - 2 ** 1984 + (int(decimal.Decimal(2) ** 1918 * e) + 560316) * 2 ** 64 - 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=3000))
+def test_garbage_in_the_handshake_is_a_clean_failure(garbage):
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    b.sendall(garbage)
+    b.close()
+    with pytest.raises(AuthenticationFailed):
+        secure(a, "s", False, FOLLOWER.encode(), LEADER.encode(), b"", IDS)
+    a.close()
