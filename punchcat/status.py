@@ -47,6 +47,11 @@ class Reporter:
         """One line ``punchcat: message``, shown at every level."""
         self._line(f"punchcat: {message}")
 
+    def always(self, message: str) -> None:
+        """A line asked for explicitly (e.g. --stats), shown unless -q."""
+        if self.level >= NORMAL:
+            self._line(f"punchcat: {message}")
+
     def info(self, message: str) -> None:
         """An event, shown with ``-v``."""
         if self.level >= VERBOSE:

@@ -1,0 +1,159 @@
+"""Carrying SSH across the NAT lab: -L/-c port forwarding and ProxyCommand.
+
+A real OpenSSH server runs on a loopback port inside host b's namespace,
+with keys made by the test; a real ssh client runs on host a.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from punchcat.lab import PUNCHCAT, Lab
+
+from conftest import REQUIRE_LAB
+
+pytestmark = pytest.mark.lab
+
+SSHD_PORT = 2222
+
+
+def need(*tools):
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        reason = f"needs {', '.join(missing)} (apt-get install openssh-server openssh-client)"
+        pytest.fail(reason) if REQUIRE_LAB else pytest.skip(reason)
+
+
+def wait_for(condition, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def ssh_lab(make_lab, tmp_path):
+    """A lab with sshd on host b (127.0.0.1:2222) and a key for host a's ssh."""
+    need("sshd", "ssh", "scp", "ssh-keygen")
+    lab: Lab = make_lab()
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)],
+                       check=True)
+    (tmp_path / "authorized_keys").write_text((tmp_path / "client.pub").read_text())
+    config = tmp_path / "sshd_config"
+    config.write_text(f"""Port {SSHD_PORT}
+ListenAddress 127.0.0.1
+HostKey {tmp_path / 'host'}
+PidFile {tmp_path / 'sshd.pid'}
+AuthorizedKeysFile {tmp_path / 'authorized_keys'}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin yes
+LogLevel ERROR
+Subsystem sftp internal-sftp
+""")
+    os.makedirs("/run/sshd", exist_ok=True)
+    sshd = lab.popen("b", [shutil.which("sshd"), "-D", "-e", "-f", str(config)],
+                     stderr=subprocess.PIPE)
+    wait_for(lambda: "127.0.0.1:2222" in lab.sh("b", "ss -ltn"), what="sshd to listen")
+    lab.ssh_options = ["-i", str(tmp_path / "client"), "-o", "StrictHostKeyChecking=no",
+                       "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+                       "-o", "LogLevel=ERROR"]
+    yield lab
+    sshd.kill()
+
+
+def start(lab, side, args, log):
+    return lab.popen(side, [*PUNCHCAT, "-v", *args, lab.peer_of(side)],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+
+
+def ssh(lab, *args, **kwargs):
+    return subprocess.run(lab.command("a", ["ssh", *lab.ssh_options, "-p", "8022",
+                                            "root@127.0.0.1", *args]),
+                          capture_output=True, timeout=120, **kwargs)
+
+
+def test_ssh_sessions_and_scp_through_a_forwarded_port(ssh_lab, tmp_path):
+    lab = ssh_lab
+    server = start(lab, "b", ["-c", str(SSHD_PORT), "-k"], tmp_path / "server.log")
+    client = start(lab, "a", ["-L", "8022"], tmp_path / "client.log")
+    wait_for(lambda: "connected to" in (tmp_path / "client.log").read_text(), what="the punch")
+
+    # A long-lived interactive session: cat echoes each line back.
+    chat = subprocess.Popen(lab.command("a", ["ssh", *lab.ssh_options, "-p", "8022",
+                                              "root@127.0.0.1", "cat"]),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    chat.stdin.write(b"ping 1\n")
+    chat.stdin.flush()
+    assert chat.stdout.readline() == b"ping 1\n"
+
+    # Meanwhile: a command, and a 20 MB scp checked by sha256 on the far side.
+    assert ssh(lab, "echo", "hello from b").stdout == b"hello from b\n"
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(20 * 1024 * 1024))
+    remote = tmp_path / "blob.copy"
+    done = subprocess.run(lab.command("a", ["scp", *lab.ssh_options, "-P", "8022", str(blob),
+                                            f"root@127.0.0.1:{remote}"]),
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    remote_sum = ssh(lab, "sha256sum", str(remote)).stdout.split()[0].decode()
+    assert remote_sum == hashlib.sha256(blob.read_bytes()).hexdigest()
+
+    # The other sessions have closed; the long-lived one is still there.
+    chat.stdin.write(b"ping 2\n")
+    chat.stdin.flush()
+    assert chat.stdout.readline() == b"ping 2\n"
+    chat.stdin.close()
+    assert chat.wait(timeout=30) == 0
+
+    # A new session after all the others closed, over the same link.
+    assert ssh(lab, "echo", "again").stdout == b"again\n"
+    log = (tmp_path / "client.log").read_text()
+    assert log.count("winner:") == 1                      # one punch for every session
+    assert log.count("session ") >= 5
+    client.terminate()
+    server.terminate()
+    assert client.wait(timeout=10) == 143
+
+
+def test_ssh_proxycommand_twice_against_a_keep_open_server(ssh_lab, tmp_path):
+    lab = ssh_lab
+    server = start(lab, "b", ["-c", str(SSHD_PORT), "-k"], tmp_path / "server.log")
+    proxy = " ".join([*PUNCHCAT, "-q", lab.peer_of("a")])
+    for attempt in ("first", "second"):
+        done = subprocess.run(
+            lab.command("a", ["ssh", *lab.ssh_options, "-o", f"ProxyCommand={proxy}",
+                              "root@203.0.113.20", "echo", attempt]),
+            capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == attempt.encode() + b"\n"
+    assert (tmp_path / "server.log").read_text().count("winner:") == 2
+    server.terminate()
+    assert server.wait(timeout=10) == 143
+
+
+def test_two_l_sides_fail_at_the_hello_naming_both_modes(make_lab, tmp_path):
+    lab = make_lab()
+    a = start(lab, "a", ["-L", "8022", "-w", "20"], tmp_path / "a.log")
+    b = start(lab, "b", ["-L", "8022", "-w", "20"], tmp_path / "b.log")
+    assert a.wait(timeout=60) == 1 and b.wait(timeout=60) == 1
+    for log in ("a.log", "b.log"):
+        last = (tmp_path / log).read_text().splitlines()[-1]
+        assert last.count("-L mode") == 2, last
+
+
+def test_l_against_a_plain_pipe_fails_at_the_hello(make_lab, tmp_path):
+    lab = make_lab()
+    a = start(lab, "a", ["-L", "8022", "-w", "20"], tmp_path / "a.log")
+    b = start(lab, "b", ["-w", "20"], tmp_path / "b.log")
+    assert a.wait(timeout=60) == 1 and b.wait(timeout=60) == 1
+    last = (tmp_path / "b.log").read_text().splitlines()[-1]
+    assert "pipe mode" in last and "-L mode" in last
