@@ -95,6 +95,7 @@ table inet lab {{
     chain input {{
         type filter hook input priority filter; policy accept;
         ct state established,related accept
+        icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert }} accept
         {unsolicited}
     }}
     chain forward {{
@@ -117,25 +118,35 @@ table ip labnat {{
     return rules
 
 
+# IPv6 (with ipv6=True): no NAT, every host has a public address; the routers
+# are stateful firewalls with the same answer to unsolicited SYNs.
+_V6 = {"a": ("2001:db8:a::", "2001:db8:1::10", "2001:db8:1::1"),
+       "b": ("2001:db8:b::", "2001:db8:2::20", "2001:db8:2::1")}
+_V6_CORE = ("2001:db8:12::1", "2001:db8:12::2")
+
+
 class Lab:
     """Two NATed hosts and the routers between them; use as a context manager."""
 
-    def __init__(self, a: Side = Side(), b: Side = Side()):
+    def __init__(self, a: Side = Side(), b: Side = Side(), ipv6: bool = False):
         self.sides = {"a": a, "b": b}
+        self.ipv6 = ipv6
         tag = f"{PREFIX}{os.getpid()}-{next(_counter)}"
         self.ns = {role: f"{tag}-{role}" for role in ("a", "ra", "c1", "c2", "rb", "b")}
         self.procs: list[subprocess.Popen] = []
         self._built: list[str] = []
 
     # -- addresses ---------------------------------------------------------
-    def public_address(self, side: str) -> str:
+    def public_address(self, side: str, v6: bool = False) -> str:
         """The address the *other* side names as PEER to reach *side*."""
+        if v6:
+            return f"{_V6[side][0]}2"
         if self.sides[side].nat == "none":
             return f"{_WAN[side][2]}.2"
         return _WAN[side][0]
 
-    def peer_of(self, side: str) -> str:
-        return self.public_address("b" if side == "a" else "a")
+    def peer_of(self, side: str, v6: bool = False) -> str:
+        return self.public_address("b" if side == "a" else "a", v6)
 
     # -- building ----------------------------------------------------------
     def __enter__(self) -> "Lab":
@@ -180,16 +191,62 @@ class Lab:
                               f"route add default via {gateway}"]
             config[side] = [f"addr add {host} dev eth0",
                             f"route add default via {lan.split('/')[0]}"]
+        if self.ipv6:
+            self._add_ipv6(config)
         for role, name in ns.items():
+            # No duplicate address detection: addresses usable at once.
+            self.sh(role, "for f in /proc/sys/net/ipv6/conf/*/accept_dad; do echo 0 > $f; done")
             ifaces = {"a": ["eth0"], "b": ["eth0"], "ra": ["lan", "wan"], "rb": ["lan", "wan"],
                       "c1": ["west", "east"], "c2": ["west", "east"]}[role]
             batch = ["link set lo up"] + [f"link set {i} up" for i in ifaces] + config[role]
             _ip("-n", name, "-batch", "-", stdin="\n".join(batch) + "\n")
             if role not in ("a", "b"):
                 self.sh(role, "echo 1 > /proc/sys/net/ipv4/ip_forward")
+                if self.ipv6:
+                    self.sh(role, "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding")
         for side, router in (("a", "ra"), ("b", "rb")):
             _run(["ip", "netns", "exec", ns[router], "nft", "-f", "-"],
                  stdin=_ruleset(self.sides[side]))
+
+    def host_address(self, side: str) -> str:
+        """Host *side*'s own address in its LAN."""
+        if self.sides[side].nat == "none":
+            return f"{_WAN[side][2]}.2"
+        return f"{_PRIVATE_LAN}.2"
+
+    def forward_port(self, side: str, port: int) -> None:
+        """Port-forward *port* on the router of *side* to its host (for nc and
+        socat, which cannot punch, in benchmarks)."""
+        router = "ra" if side == "a" else "rb"
+        host = self.host_address(side)
+        _run(self.command(router, ["nft", "-f", "-"]), stdin=f"""
+table ip labfwd {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "wan" tcp dport {port} dnat to {host}:{port}
+    }}
+}}
+insert rule inet lab forward ct status dnat accept
+""")
+
+    @staticmethod
+    def _add_ipv6(config: dict) -> None:
+        c1, c2 = _V6_CORE
+        config["c1"] += [f"addr add {c1}/64 dev east nodad",
+                         f"addr add {_V6['a'][2]}/64 dev west nodad",
+                         f"route add {_V6['a'][0]}/64 via {_V6['a'][1]}",
+                         f"route add default via {c2}"]
+        config["c2"] += [f"addr add {c2}/64 dev west nodad",
+                         f"addr add {_V6['b'][2]}/64 dev east nodad",
+                         f"route add {_V6['b'][0]}/64 via {_V6['b'][1]}",
+                         f"route add default via {c1}"]
+        for side, router in (("a", "ra"), ("b", "rb")):
+            lan, wan, gateway = _V6[side]
+            config[router] += [f"addr add {wan}/64 dev wan nodad",
+                               f"addr add {lan}1/64 dev lan nodad",
+                               f"route add default via {gateway}"]
+            config[side] += [f"addr add {lan}2/64 dev eth0 nodad",
+                             f"route add default via {lan}1"]
 
     # -- running things inside ---------------------------------------------
     def command(self, role: str, argv: list[str]) -> list[str]:
@@ -267,7 +324,7 @@ def run_pair(lab: Lab, args: list[str] | dict[str, list[str]] = (), *,
              stdout: dict[str, str] | None = None,
              env: dict[str, dict[str, str]] | None = None,
              wrap: dict[str, list[str]] | None = None,
-             delay_b: float = 0.0, timeout: float = 120.0) -> dict[str, Run]:
+             delay_b: float = 0.0, timeout: float = 120.0, v6: bool = False) -> dict[str, Run]:
     """Run punchcat on both hosts, each naming the other, and wait for both.
 
     *args* are extra options, the same for both sides or per side.  *stdin*
@@ -281,7 +338,7 @@ def run_pair(lab: Lab, args: list[str] | dict[str, list[str]] = (), *,
     threads = []
     for side in ("a", "b"):
         side_args = args[side] if isinstance(args, dict) else list(args)
-        argv = [*wrap.get(side, []), *PUNCHCAT, *side_args, lab.peer_of(side)]
+        argv = [*wrap.get(side, []), *PUNCHCAT, *side_args, lab.peer_of(side, v6)]
         runs[side] = Run(side, argv=argv)
         threads.append(threading.Thread(
             target=_run_one, daemon=True,

@@ -24,8 +24,8 @@ def make_lab():
         pytest.skip(reason)
     labs: list[Lab] = []
 
-    def make(a: Side = Side(), b: Side = Side()) -> Lab:
-        lab = Lab(a, b)
+    def make(a: Side = Side(), b: Side = Side(), ipv6: bool = False) -> Lab:
+        lab = Lab(a, b, ipv6=ipv6)
         labs.append(lab)
         return lab.__enter__()
 
