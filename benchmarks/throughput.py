@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Throughput of punchcat against OpenBSD nc and socat across the NAT lab.
+
+Builds the lab (needs root, ip, nft, nc, socat), gives nc and socat a port
+forward on host b's router so they can cross it, and moves SIZE bytes from a
+file on host a to a consumer on host b, in the same run for every tool:
+
+* file -> pipe: ``tool < file`` on a, ``tool | sink`` on b;
+* pipe -> pipe: ``cat file | tool`` on a, ``tool | sink`` on b;
+* mux: one bulk session through ``punchcat -L`` (a) and ``-c`` (b),
+  ``nc < file`` into the -L port, the -c target ``nc -l | sink``.
+
+MiB/s is counted by the sink from its first byte to EOF (so punching time is
+not counted); CPU is user+sys of the tool on both hosts (from /usr/bin/time,
+or /proc for the long-running -L/-c processes); RSS is the larger peak of the
+two.  Then the latency of a small echo through -L/-c, idle and while a bulk
+transfer runs on another session.
+
+    python benchmarks/throughput.py                 # 1 GiB, 5 repetitions
+    python benchmarks/throughput.py --size 256 -n 3 --only file-pipe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+from punchcat.lab import PUNCHCAT, Lab  # noqa: E402
+
+PORT = 5001
+SINK = [sys.executable, os.path.join(HERE, "sink.py")]
+TIME = "/usr/bin/time"
+PC = " ".join(shlex.quote(p) for p in PUNCHCAT)
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark setup timed out")
+        time.sleep(0.02)
+
+
+def listening(lab, role, port):
+    return f":{port} " in lab.sh(role, "ss -ltnH")
+
+
+def timed(cmd: str, out: str) -> str:
+    return f"{TIME} -f '%U %S %M' -o {out} {cmd}"
+
+
+def read_time(path: str) -> tuple[float, int]:
+    user, system, rss = open(path).read().split()[-3:]
+    return float(user) + float(system), int(rss)
+
+
+def proc_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds and peak RSS (KiB) of a running process, from /proc."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss = 0
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            rss = int(line.split()[1])
+    return cpu, rss
+
+
+def one_pipe_run(lab: Lab, tool: str, case: str, path: str, tmp: str, secret: bool) -> dict:
+    peer_b, peer_a = lab.peer_of("a"), lab.peer_of("b")
+    env = dict(os.environ, PUNCHCAT_SECRET="benchmark secret") if secret else None
+    senders = {"nc": f"nc -N {peer_b} {PORT}",
+               "socat": f"socat -u STDIN TCP:{peer_b}:{PORT}",
+               "punchcat": f"{PC} -q {peer_b}"}
+    receivers = {"nc": f"nc -l {PORT}",
+                 "socat": f"socat -u TCP-LISTEN:{PORT},reuseaddr STDOUT",
+                 "punchcat": f"{PC} -q {peer_a} < /dev/null"}
+    rtime, stime, report = (os.path.join(tmp, n) for n in ("r.time", "s.time", "sink.json"))
+    for f in (rtime, stime, report):
+        if os.path.exists(f):
+            os.unlink(f)
+    sink = " ".join(shlex.quote(p) for p in SINK)
+    receiver = lab.popen("b", ["sh", "-c", f"{timed(receivers[tool], rtime)} | {sink} {report}"],
+                         env=env)
+    if tool != "punchcat":
+        wait_for(lambda: listening(lab, "b", PORT))
+    source = (f"{timed(senders[tool], stime)} < {path}" if case == "file-pipe"
+              else f"cat {path} | {timed(senders[tool], stime)}")
+    sender = lab.popen("a", ["sh", "-c", source], env=env)
+    sender.wait(timeout=600)
+    receiver.wait(timeout=600)
+    result = json.load(open(report))
+    cpu_s, rss_s = read_time(stime)
+    cpu_r, rss_r = read_time(rtime)
+    return {"mib_s": result["bytes"] / result["seconds"] / 2 ** 20, "bytes": result["bytes"],
+            "cpu": cpu_s + cpu_r, "rss": max(rss_s, rss_r)}
+
+
+def one_mux_run(lab: Lab, path: str, tmp: str, secret: bool) -> dict:
+    env = dict(os.environ, PUNCHCAT_SECRET="benchmark secret") if secret else None
+    report = os.path.join(tmp, "sink.json")
+    if os.path.exists(report):
+        os.unlink(report)
+    sink = " ".join(shlex.quote(p) for p in SINK)
+    target = lab.popen("b", ["sh", "-c", f"nc -l 127.0.0.1 7000 | {sink} {report}"])
+    wait_for(lambda: listening(lab, "b", 7000))
+    log = os.path.join(tmp, "l.log")
+    server = lab.popen("b", [*PUNCHCAT, "-q", "-c", "7000", lab.peer_of("b")], env=env)
+    client = lab.popen("a", [*PUNCHCAT, "-v", "-L", "8000", lab.peer_of("a")], env=env,
+                       stderr=open(log, "w"))
+    wait_for(lambda: "connected to" in open(log).read())
+    sender = lab.popen("a", ["sh", "-c", f"nc -N 127.0.0.1 8000 < {path}"])
+    sender.wait(timeout=600)
+    target.wait(timeout=600)
+    usage = [proc_usage(p.pid) for p in (server, client)]
+    for p in (client, server):
+        p.terminate()
+        p.wait(timeout=10)
+    result = json.load(open(report))
+    return {"mib_s": result["bytes"] / result["seconds"] / 2 ** 20, "bytes": result["bytes"],
+            "cpu": sum(u[0] for u in usage), "rss": max(u[1] for u in usage)}
+
+
+def echo_latency(lab: Lab, path: str, tmp: str, bulk: bool) -> dict:
+    """Round trips of 64-byte echoes through -L/-c, idle or beside a bulk session."""
+    server_py = os.path.join(HERE, "mux_target.py")
+    target = lab.popen("b", [sys.executable, server_py, "7000"], stdout=subprocess.PIPE)
+    target.stdout.readline()
+    log = os.path.join(tmp, "e.log")
+    server = lab.popen("b", [*PUNCHCAT, "-q", "-c", "7000", lab.peer_of("b")])
+    client = lab.popen("a", [*PUNCHCAT, "-v", "-L", "8000", lab.peer_of("a")],
+                       stderr=open(log, "w"))
+    wait_for(lambda: "connected to" in open(log).read())
+    probe = subprocess.run(lab.command("a", [sys.executable, os.path.join(HERE, "mux_client.py"),
+                                             "8000", path if bulk else "-"]),
+                           capture_output=True, text=True, timeout=600)
+    for p in (client, server, target):
+        p.terminate()
+        p.wait(timeout=10)
+    return json.loads(probe.stdout)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024, help="MiB to move (1024)")
+    parser.add_argument("-n", type=int, default=5, help="repetitions (5)")
+    parser.add_argument("--only", help="comma-separated: file-pipe,pipe-pipe,mux,secret,echo")
+    opts = parser.parse_args()
+    parts = set((opts.only or "file-pipe,pipe-pipe,mux,secret,echo").split(","))
+    print(f"# throughput: {opts.size} MiB, {opts.n} repetitions, median; "
+          f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, Linux {platform.release()}, "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as tmp, Lab() as lab:
+        path = os.path.join(tmp, "data")
+        with open(path, "wb") as f:
+            for _ in range(opts.size):
+                f.write(os.urandom(1 << 20))
+        lab.forward_port("b", PORT)
+        rows = []
+        for case in ("file-pipe", "pipe-pipe"):
+            if case not in parts:
+                continue
+            tools = ["nc", "socat", "punchcat"] + (["punchcat+secret"] if "secret" in parts else [])
+            runs = {t: [] for t in tools}
+            for _ in range(opts.n):
+                for tool in tools:
+                    runs[tool].append(one_pipe_run(lab, tool.split("+")[0], case, path, tmp,
+                                                   secret=tool.endswith("secret")))
+            rows.append((case, runs))
+        if "mux" in parts:
+            runs = {"punchcat -L/-c": [one_mux_run(lab, path, tmp, False) for _ in range(opts.n)]}
+            if "secret" in parts:
+                runs["punchcat -L/-c +secret"] = [one_mux_run(lab, path, tmp, True)
+                                                  for _ in range(opts.n)]
+            rows.append(("mux", runs))
+        print()
+        print("| path | tool | MiB/s | × nc | CPU s/GiB | peak RSS |")
+        print("|---|---|---|---|---|---|")
+        nc_rate = None
+        for case, runs in rows:
+            for tool, results in runs.items():
+                ok = [r for r in results if r["bytes"] == opts.size * 2 ** 20]
+                if not ok:
+                    print(f"| {case} | {tool} | incomplete | | | |")
+                    continue
+                rate = statistics.median(r["mib_s"] for r in ok)
+                cpu = statistics.median(r["cpu"] for r in ok) / (opts.size / 1024)
+                rss = max(r["rss"] for r in ok) / 1024
+                if tool == "nc":
+                    nc_rate = rate
+                ratio = f"{rate / nc_rate:.2f}" if nc_rate else "-"
+                print(f"| {case} | {tool} | {rate:.0f} | {ratio} | {cpu:.2f} | {rss:.0f} MB |",
+                      flush=True)
+        if "echo" in parts:
+            idle = echo_latency(lab, path, tmp, bulk=False)
+            busy = echo_latency(lab, path, tmp, bulk=True)
+            print()
+            print("| echo through -L/-c (64 bytes) | median | p99 |")
+            print("|---|---|---|")
+            for label, r in (("idle link", idle), ("beside a bulk session", busy)):
+                print(f"| {label} | {r['median_ms']:.2f} ms | {r['p99_ms']:.2f} ms |")
+            if busy.get("bulk_mib_s"):
+                print(f"\n(the bulk session moved {busy['bulk_mib_s']:.0f} MiB/s meanwhile)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
