@@ -7,8 +7,9 @@ file on host a to a consumer on host b, in the same run for every tool:
 
 * file -> pipe: ``tool < file`` on a, ``tool | sink`` on b;
 * pipe -> pipe: ``cat file | tool`` on a, ``tool | sink`` on b;
-* mux: one bulk session through ``punchcat -L`` (a) and ``-c`` (b),
-  ``nc < file`` into the -L port, the -c target ``nc -l | sink``.
+* mux: one bulk session through ``punchcat -L`` (a) and ``-c`` (b), from a
+  client that sendfile()s the file into the -L port to a target that reads
+  with a 4 MiB buffer (``tcp_ends.py``: fast ends, so the mux is measured).
 
 MiB/s is counted by the sink from its first byte to EOF (so punching time is
 not counted); CPU is user+sys of the tool on both hosts (from /usr/bin/time,
@@ -112,15 +113,16 @@ def one_mux_run(lab: Lab, path: str, tmp: str, secret: bool) -> dict:
     report = os.path.join(tmp, "sink.json")
     if os.path.exists(report):
         os.unlink(report)
-    sink = " ".join(shlex.quote(p) for p in SINK)
-    target = lab.popen("b", ["sh", "-c", f"nc -l 127.0.0.1 7000 | {sink} {report}"])
-    wait_for(lambda: listening(lab, "b", 7000))
+    ends = [sys.executable, os.path.join(HERE, "tcp_ends.py")]
+    target = lab.popen("b", [*ends, "sink", "7000", report], stdout=subprocess.PIPE)
+    target.stdout.readline()
     log = os.path.join(tmp, "l.log")
-    server = lab.popen("b", [*PUNCHCAT, "-q", "-c", "7000", lab.peer_of("b")], env=env)
+    server = lab.popen("b", [*PUNCHCAT, "-q", "-c", "7000", lab.peer_of("b")], env=env,
+                       stderr=subprocess.DEVNULL)
     client = lab.popen("a", [*PUNCHCAT, "-v", "-L", "8000", lab.peer_of("a")], env=env,
                        stderr=open(log, "w"))
     wait_for(lambda: "connected to" in open(log).read())
-    sender = lab.popen("a", ["sh", "-c", f"nc -N 127.0.0.1 8000 < {path}"])
+    sender = lab.popen("a", [*ends, "send", "8000", path])
     sender.wait(timeout=600)
     target.wait(timeout=600)
     usage = [proc_usage(p.pid) for p in (server, client)]

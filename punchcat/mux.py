@@ -141,6 +141,17 @@ class Mux:
             chunk = view[start:start + MAX_PAYLOAD]
             self._enqueue(s, (HEADER.pack(DATA, sid, len(chunk)), chunk))
 
+    def send_external(self, sid: int, payload) -> None:
+        """Queue one DATA frame whose payload the I/O layer sends itself
+        (anything with a length up to MAX_PAYLOAD, e.g. bytes in a pipe);
+        :meth:`pull` hands it out after the frame header."""
+        s = self._live(sid)
+        n = len(payload)
+        if s.eof_sent or n > s.credit or n > MAX_PAYLOAD:
+            raise LocalProtocolError(f"session {sid}: cannot send {n} bytes now")
+        s.credit -= n
+        self._enqueue(s, (HEADER.pack(DATA, sid, n), payload))
+
     def send_eof(self, sid: int) -> None:
         s = self._live(sid)
         if not s.eof_sent:
@@ -194,26 +205,51 @@ class Mux:
 
     # -- receiving -------------------------------------------------------------
     def receive(self, data) -> list:
-        """Bytes read from the link; returns the events they complete."""
-        self._inbuf += data
+        """Bytes read from the link; returns the events they complete.
+
+        DATA payloads are returned as views of *data* where a frame lies
+        whole in it (no copy); only a frame cut by the end of a read is
+        assembled in a buffer.
+        """
         events: list = []
-        buf = self._inbuf
+        view = memoryview(data).cast("B")
+        if self._inbuf:
+            # Complete the frame that the previous read cut, and only it.
+            buf = self._inbuf
+            if len(buf) < HEADER.size:
+                take = min(HEADER.size - len(buf), len(view))
+                buf += view[:take]
+                view = view[take:]
+                if len(buf) < HEADER.size:
+                    return events
+            need = HEADER.size + self._check(*HEADER.unpack_from(buf))[2] - len(buf)
+            buf += view[:need]
+            view = view[need:]
+            if len(buf) - HEADER.size < HEADER.unpack_from(buf)[2]:
+                return events
+            kind, sid, length = HEADER.unpack_from(buf)
+            self._frame(kind, sid, bytes(buf[HEADER.size:]), events)
+            self._inbuf = bytearray()
         pos = 0
-        while len(buf) - pos >= HEADER.size:
-            kind, sid, length = HEADER.unpack_from(buf, pos)
-            if kind not in FRAME_NAMES:
-                raise RemoteProtocolError(f"mux: unknown frame type {kind}")
-            limit = _PAYLOAD_LIMIT[kind]
-            if length > limit:
-                raise RemoteProtocolError(
-                    f"mux: {FRAME_NAMES[kind]} frame of {length} bytes (at most {limit})")
-            if len(buf) - pos < HEADER.size + length:
+        while len(view) - pos >= HEADER.size:
+            kind, sid, length = self._check(*HEADER.unpack_from(view, pos))
+            if len(view) - pos < HEADER.size + length:
                 break
-            payload = bytes(buf[pos + HEADER.size: pos + HEADER.size + length])
+            self._frame(kind, sid, view[pos + HEADER.size: pos + HEADER.size + length], events)
             pos += HEADER.size + length
-            self._frame(kind, sid, payload, events)
-        del buf[:pos]
+        if pos < len(view):
+            self._inbuf = bytearray(view[pos:])
         return events
+
+    @staticmethod
+    def _check(kind: int, sid: int, length: int) -> tuple[int, int, int]:
+        if kind not in FRAME_NAMES:
+            raise RemoteProtocolError(f"mux: unknown frame type {kind}")
+        limit = _PAYLOAD_LIMIT[kind]
+        if length > limit:
+            raise RemoteProtocolError(
+                f"mux: {FRAME_NAMES[kind]} frame of {length} bytes (at most {limit})")
+        return kind, sid, length
 
     def _frame(self, kind: int, sid: int, payload: bytes, events: list) -> None:
         name = FRAME_NAMES[kind]
@@ -249,11 +285,11 @@ class Mux:
             self._maybe_finish(s)
         elif kind == RESET:
             del self.sessions[sid]
-            events.append(Reset(sid, payload.decode(errors="replace")))
+            events.append(Reset(sid, bytes(payload).decode(errors="replace")))
         elif kind == WINDOW:
             if len(payload) != 4:
                 raise RemoteProtocolError(f"mux: bad WINDOW on session {sid}")
-            (increment,) = struct.unpack("!I", payload)
+            (increment,) = struct.unpack("!I", bytes(payload))
             if s.credit + increment > 2 ** 31:
                 raise RemoteProtocolError(f"mux: window overflow on session {sid}")
             was_empty = s.credit == 0

@@ -41,7 +41,7 @@ from typing import Callable
 
 from .errors import LinkLost, PunchcatError
 
-BUFSIZE = 256 * 1024
+BUFSIZE = 1024 * 1024
 #: Most bytes asked of one splice/sendfile call.
 CHUNK = 4 * 1024 * 1024
 #: Pipe size asked for (F_SETPIPE_SZ); the default is 64 KiB.

@@ -9,7 +9,7 @@ Construction (see also the README's design note)
    The DH exchange gives both ends a fresh key for this connection and
    forward secrecy; AES-GCM gives confidentiality and integrity.  Nothing
    in TLS authenticates either end here: that is step 3.
-2. *Key.*  ``K = scrypt(secret, salt, n=2**15, r=8, p=1)``, the salt being
+2. *Key.*  ``K = scrypt(secret, salt, n=2**14, r=8, p=1)``, the salt being
    ``"punchcat-auth-v1"`` and both side ids of this run in sorted order.
    A guess of the secret costs one scrypt evaluation, and a fresh salt per
    run makes precomputation useless.
@@ -49,7 +49,7 @@ from .channel import IOV_MAX, lost
 from .errors import LinkLost, PunchcatError
 
 SUITE = "ADH-AES128-GCM-SHA256:@SECLEVEL=0"
-SCRYPT = {"n": 2 ** 15, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
+SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "maxmem": 32 * 1024 * 1024, "dklen": 32}
 PROOF_LEN = 32
 FRAME = struct.Struct("!I")
 #: Largest plaintext frame; bigger writes are cut.
@@ -90,7 +90,12 @@ def _context(server: bool) -> ssl.SSLContext:
 
 
 class SecureChannel:
-    """TLS over the punched connection, with the framing of step 4."""
+    """TLS over the punched connection, with the framing of step 4.
+
+    Received bytes are decrypted straight into the caller's buffer, frame
+    headers are read separately; sent bytes are encrypted as they are, with
+    the frame header as a record of its own.
+    """
 
     plain = False
 
@@ -100,9 +105,12 @@ class SecureChannel:
         self._obj, self._in, self._out = obj, incoming, outgoing
         self._lock = threading.Lock()        # the SSL object and its BIOs
         self._send_lock = threading.Lock()   # order of ciphertext on the socket
-        self._clear = bytearray()            # decrypted, not yet unframed
-        self._chunks: list = []              # unframed data for the reader
+        self._frame_left = 0                 # data bytes left in the current frame
+        self._head = bytearray(FRAME.size)   # a frame header being read
+        self._head_len = 0
         self._eof = False
+        self._cipher = bytearray(1 << 20)    # ciphertext read from the socket
+        self._plain = bytearray(1 << 20)     # for the event loop's read()
         self._ct: list = []                  # ciphertext queued by the event loop
         self._ct_bytes = 0
 
@@ -118,38 +126,54 @@ class SecureChannel:
                 self._obj.write(FRAME.pack(0))
             for start in range(0, len(view), MAX_FRAME):
                 part = view[start:start + MAX_FRAME]
-                self._obj.write(FRAME.pack(len(part)) + bytes(part))
+                self._obj.write(FRAME.pack(len(part)))
+                self._obj.write(part)
             return self._out.read()
 
-    def _open(self, ciphertext: bytes) -> None:
-        """Decrypt and unframe; raises LinkLost if the data was tampered with."""
+    def _decrypt_into(self, view) -> int | None:
+        """Plaintext into *view*; None when more ciphertext is needed."""
         with self._lock:
-            self._in.write(ciphertext)
-            while True:
-                try:
-                    clear = self._obj.read(1 << 20)
-                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-                    break
-                except ssl.SSLError as exc:
-                    raise LinkLost(f"the encrypted link failed its integrity check "
-                                   f"({exc.reason or exc})") from None
-                if not clear:
-                    break
-                self._clear += clear
-        buf = self._clear
-        pos = 0
-        while len(buf) - pos >= FRAME.size and not self._eof:
-            (length,) = FRAME.unpack_from(buf, pos)
+            try:
+                n = self._obj.read(len(view), view)
+            except ssl.SSLWantReadError:
+                return None
+            except ssl.SSLZeroReturnError:
+                raise self._ended_early() from None
+            except ssl.SSLError as exc:
+                raise LinkLost(f"the encrypted link failed its integrity check "
+                               f"({exc.reason or exc})") from None
+        return n if n else None
+
+    def _pull(self, view) -> int | None:
+        """Unframed data into *view*: its length, 0 at the end of the stream,
+        None when more ciphertext is needed."""
+        while True:
+            if self._eof:
+                return 0
+            if self._frame_left:
+                n = self._decrypt_into(view[:min(len(view), self._frame_left)])
+                if n is not None:
+                    self._frame_left -= n
+                return n
+            n = self._decrypt_into(memoryview(self._head)[self._head_len:])
+            if n is None:
+                return None
+            self._head_len += n
+            if self._head_len < FRAME.size:
+                continue
+            self._head_len = 0
+            (length,) = FRAME.unpack(self._head)
             if length > MAX_FRAME:
                 raise LinkLost("the encrypted link carried a malformed frame")
-            if len(buf) - pos - FRAME.size < length:
-                break
             if length == 0:
                 self._eof = True
-            else:
-                self._chunks.append(bytes(buf[pos + FRAME.size: pos + FRAME.size + length]))
-            pos += FRAME.size + length
-        del buf[:pos]
+            self._frame_left = length
+
+    def _feed(self, n: int) -> None:
+        if n == 0:
+            raise self._ended_early()
+        with self._lock:
+            self._in.write(memoryview(self._cipher)[:n])
 
     def _ended_early(self) -> LinkLost:
         return LinkLost("the connection ended without the peer's end of stream "
@@ -157,24 +181,22 @@ class SecureChannel:
 
     # -- blocking (relay threads) ---------------------------------------------------
     def recv_into(self, buf) -> int:
-        while not self._chunks:
-            if self._eof:
-                return 0
+        """Blocks until some data (or the end); then takes all that is decrypted."""
+        view = memoryview(buf).cast("B")
+        total = 0
+        while total < len(view):
+            n = self._pull(view[total:])
+            if n:
+                total += n
+                continue
+            if n == 0 or total:
+                break                      # the end, or data in hand: return it
             try:
-                data = self.sock.recv(1 << 20)
+                got = self.sock.recv_into(self._cipher)
             except OSError as exc:
                 raise lost(exc, "receiving") from None
-            if not data:
-                raise self._ended_early()
-            self._open(data)
-        chunk = self._chunks[0]
-        n = min(len(buf), len(chunk))
-        buf[:n] = chunk[:n]
-        if n == len(chunk):
-            self._chunks.pop(0)
-        else:
-            self._chunks[0] = chunk[n:]
-        return n
+            self._feed(got)
+        return total
 
     def sendall(self, data) -> None:
         with self._send_lock:
@@ -195,21 +217,28 @@ class SecureChannel:
 
     # -- non-blocking (mux event loop) ----------------------------------------------
     def read(self, size: int = 1 << 20) -> bytes | None:
-        while not self._chunks:
-            if self._eof:
-                return b""
+        """Data available now; b"" at the end of the stream; None if none yet."""
+        view = memoryview(self._plain)[:size]
+        total = 0
+        while total < len(view):
+            n = self._pull(view[total:])
+            if n == 0:
+                break
+            if n is not None:
+                total += n
+                continue
             try:
-                data = self.sock.recv(size)
+                got = self.sock.recv_into(self._cipher)
             except (BlockingIOError, InterruptedError):
-                return None
+                break
             except OSError as exc:
                 raise lost(exc, "receiving") from None
-            if not data:
-                raise self._ended_early()
-            self._open(data)
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        return data
+            if got == 0 and total:
+                break                       # deliver what we have; the end comes next
+            self._feed(got)
+        if total:
+            return bytes(view[:total])
+        return b"" if self._eof else None
 
     def queue(self, buffers) -> None:
         sealed = self._seal(b"".join(bytes(b) for b in buffers))
@@ -238,12 +267,13 @@ class SecureChannel:
                     sent = 0
 
 
-def _recv_exactly(sock: socket.socket, n: int, obj, incoming, pending: bytearray) -> bytes:
-    """Read *n* decrypted bytes during authentication (blocking)."""
-    while len(pending) < n:
+def _recv_exactly(sock: socket.socket, n: int, obj, incoming) -> bytes:
+    """Read *n* decrypted bytes during authentication (blocking); what
+    follows stays inside the SSL object for the channel."""
+    got = bytearray()
+    while len(got) < n:
         try:
-            clear = obj.read(n - len(pending))
-            pending += clear
+            got += obj.read(n - len(got))
             continue
         except ssl.SSLWantReadError:
             pass
@@ -254,9 +284,7 @@ def _recv_exactly(sock: socket.socket, n: int, obj, incoming, pending: bytearray
             raise AuthenticationFailed(
                 "authentication failed: the peer closed the connection (wrong secret?)")
         incoming.write(data)
-    out = bytes(pending[:n])
-    del pending[:n]
-    return out
+    return bytes(got)
 
 
 def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
@@ -289,11 +317,10 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
         hellos = local_hello + peer_hello if leader else peer_hello + local_hello
         mine = proof(key, b"leader" if leader else b"follower", binding, hellos)
         theirs = proof(key, b"follower" if leader else b"leader", binding, hellos)
-        pending = bytearray()
         if leader:
             obj.write(mine)
             sock.sendall(outgoing.read())
-        got = _recv_exactly(sock, PROOF_LEN, obj, incoming, pending)
+        got = _recv_exactly(sock, PROOF_LEN, obj, incoming)
         if not hmac.compare_digest(got, theirs):
             raise AuthenticationFailed("authentication failed: the peer does not know the "
                                        "same secret")
@@ -305,11 +332,7 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
     except OSError as exc:
         raise AuthenticationFailed(f"authentication failed: {exc.strerror or exc}") from None
     sock.settimeout(None)
-    channel = SecureChannel(sock, obj, incoming, outgoing)
-    if pending:
-        channel._clear += pending
-    channel._open(b"")            # anything already decrypted after the proof
-    return channel
+    return SecureChannel(sock, obj, incoming, outgoing)
 
 
 def read_secret_file(path: str) -> str:

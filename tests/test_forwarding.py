@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -157,3 +158,70 @@ def test_l_against_a_plain_pipe_fails_at_the_hello(make_lab, tmp_path):
     assert a.wait(timeout=60) == 1 and b.wait(timeout=60) == 1
     last = (tmp_path / "b.log").read_text().splitlines()[-1]
     assert "pipe mode" in last and "-L mode" in last
+
+
+ECHO_SERVER = r"""
+import socket, sys, threading
+srv = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+def handle(c):
+    while data := c.recv(65536):
+        c.sendall(data)
+    c.shutdown(socket.SHUT_WR)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"""
+
+ECHO_CLIENTS = r"""
+import hashlib, os, socket, sys, threading
+def session(size, out):
+    s = socket.create_connection(("127.0.0.1", 8022))
+    data = os.urandom(size)
+    threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR))).start()
+    got = bytearray()
+    while chunk := s.recv(1 << 20):
+        got += chunk
+    out.append(bytes(got) == data)
+out = []
+threads = [threading.Thread(target=session, args=(n, out)) for n in (7, 3_000_000, 9_000_000)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(all(out) and len(out) == 3)
+"""
+
+
+def test_forwarding_with_a_secret(make_lab, tmp_path):
+    """-L/-c over the encrypted link: concurrent sessions echo intact."""
+    lab = make_lab()
+    env = dict(os.environ, PUNCHCAT_SECRET="forwarding secret")
+    echo = lab.popen("b", [sys.executable, "-c", ECHO_SERVER, "7000"], stdout=subprocess.PIPE,
+                     text=True)
+    assert echo.stdout.readline() == "ready\n"
+    server = lab.popen("b", [*PUNCHCAT, "-v", "-c", "7000", lab.peer_of("b")], env=env,
+                       stderr=open(tmp_path / "server.log", "w"))
+    client = lab.popen("a", [*PUNCHCAT, "-v", "-L", "8022", lab.peer_of("a")], env=env,
+                       stderr=open(tmp_path / "client.log", "w"))
+    wait_for(lambda: "encrypted" in (tmp_path / "client.log").read_text(), what="the punch")
+    done = subprocess.run(lab.command("a", [sys.executable, "-c", ECHO_CLIENTS]),
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr
+    client.terminate()
+    assert client.wait(timeout=10) == 143
+    assert server.wait(timeout=20) == 0              # the link ended cleanly, not cut
+    echo.kill()
+
+
+def test_ssh_proxycommand_with_a_secret(ssh_lab, tmp_path):
+    lab = ssh_lab
+    env = dict(os.environ, PUNCHCAT_SECRET="proxy secret")
+    server = lab.popen("b", [*PUNCHCAT, "-v", "-c", str(SSHD_PORT), "-k", lab.peer_of("b")],
+                       env=env, stdin=subprocess.DEVNULL, stderr=open(tmp_path / "s.log", "w"))
+    proxy = " ".join([*PUNCHCAT, "-q", lab.peer_of("a")])
+    done = subprocess.run(
+        lab.command("a", ["ssh", *lab.ssh_options, "-o", f"ProxyCommand={proxy}",
+                          "root@203.0.113.20", "echo", "encrypted"]),
+        capture_output=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"encrypted\n"
+    assert "encrypted" in (tmp_path / "s.log").read_text()
+    server.terminate()
