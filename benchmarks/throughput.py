@@ -187,23 +187,26 @@ def main() -> int:
                                                   for _ in range(opts.n)]
             rows.append(("mux", runs))
         print()
-        print("| path | tool | MiB/s | × nc | CPU s/GiB | peak RSS |")
-        print("|---|---|---|---|---|---|")
-        nc_rate = None
+        print("| path | tool | MiB/s | × nc | × punchcat (file -> pipe) | CPU s/GiB | peak RSS |")
+        print("|---|---|---|---|---|---|---|")
+        nc_rate, raw_rate = {}, None
         for case, runs in rows:
             for tool, results in runs.items():
                 ok = [r for r in results if r["bytes"] == opts.size * 2 ** 20]
                 if not ok:
-                    print(f"| {case} | {tool} | incomplete | | | |")
+                    print(f"| {case} | {tool} | incomplete | | | | |")
                     continue
                 rate = statistics.median(r["mib_s"] for r in ok)
                 cpu = statistics.median(r["cpu"] for r in ok) / (opts.size / 1024)
                 rss = max(r["rss"] for r in ok) / 1024
                 if tool == "nc":
-                    nc_rate = rate
-                ratio = f"{rate / nc_rate:.2f}" if nc_rate else "-"
-                print(f"| {case} | {tool} | {rate:.0f} | {ratio} | {cpu:.2f} | {rss:.0f} MB |",
-                      flush=True)
+                    nc_rate[case] = rate
+                if tool == "punchcat" and case == "file-pipe":
+                    raw_rate = rate
+                vs_nc = f"{rate / nc_rate[case]:.2f}" if case in nc_rate else "-"
+                vs_raw = f"{rate / raw_rate:.2f}" if raw_rate and tool.startswith("punchcat") else "-"
+                print(f"| {case} | {tool} | {rate:.0f} | {vs_nc} | {vs_raw} | {cpu:.2f} | "
+                      f"{rss:.0f} MB |", flush=True)
         if "echo" in parts:
             idle = echo_latency(lab, path, tmp, bulk=False)
             busy = echo_latency(lab, path, tmp, bulk=True)

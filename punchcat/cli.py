@@ -275,13 +275,16 @@ def open_channel(link: Link, secret: str | None, reporter):
 def use_link(link: Link, mode: Mode, reporter, listener, target, secret: str | None,
              report_stats: bool) -> None:
     """Move data over the agreed connection, as this side's mode says."""
-    channel, leftover = open_channel(link, secret, reporter)
+    try:
+        channel, leftover = open_channel(link, secret, reporter)
+    except PunchcatError:
+        link.sock.close()
+        raise
     peer_mode = Mode(link.peer.mode)
     if mode == Mode.PIPE:
-        progress = Progress(reporter)
         try:
             stats = pipe(channel, sys.stdin.fileno(), sys.stdout.fileno(), leftover,
-                         tick=progress.tick)
+                         tick=lambda st: show_progress(reporter, st))
         finally:
             reporter.clear()
         if report_stats:
@@ -309,19 +312,13 @@ def use_link(link: Link, mode: Mode, reporter, listener, target, secret: str | N
         reporter.info(f"link ended after {served} sessions")
 
 
-class Progress:
-    """A live progress line on a terminal's stderr, once a transfer lasts."""
-
-    def __init__(self, reporter):
-        self.reporter = reporter
-
-    def tick(self, stats: Stats) -> None:
-        if stats.duration < 1.0:
-            return
-        rate = (stats.sent + stats.received) / stats.duration
-        self.reporter.status(f"punchcat: sent {human(stats.sent)}, received "
-                             f"{human(stats.received)}, {human(rate)}/s, "
-                             f"{stats.duration:.0f} s")
+def show_progress(reporter, stats: Stats) -> None:
+    """The live progress line (terminal stderr only), once a transfer lasts."""
+    if stats.duration < 1.0:
+        return
+    rate = (stats.sent + stats.received) / stats.duration
+    reporter.status(f"punchcat: sent {human(stats.sent)}, received {human(stats.received)}, "
+                    f"{human(rate)}/s, {stats.duration:.0f} s")
 
 
 def _raise_interrupted(signum, _frame):

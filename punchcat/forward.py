@@ -33,14 +33,13 @@ TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 class _Local:
     """One local TCP connection and its session."""
 
-    __slots__ = ("sock", "sid", "out", "out_bytes", "connecting", "read_done", "peer_eof",
-                 "write_done", "events", "tx")
+    __slots__ = ("sock", "sid", "out", "connecting", "read_done", "peer_eof", "write_done",
+                 "events", "tx")
 
     def __init__(self, sock: socket.socket, sid: int, connecting: bool = False):
         self.sock = sock
         self.sid = sid
         self.out: list = []          # bytes from the peer, not yet written locally
-        self.out_bytes = 0
         self.connecting = connecting
         self.read_done = False       # local EOF seen (and sent on as EOF)
         self.peer_eof = False        # the peer sent EOF
@@ -136,7 +135,6 @@ class Forwarder:
             return
         if isinstance(event, Data):
             local.out.append(event.data)
-            local.out_bytes += len(event.data)
             self._write_local(local)
         elif isinstance(event, Eof):
             local.peer_eof = True
@@ -269,7 +267,6 @@ class Forwarder:
             except OSError as exc:
                 self._close_local(local, abort=True, reason=f"local connection failed: {exc.strerror}")
                 return
-            local.out_bytes -= sent
             self.mux.consumed(local.sid, sent)
             if sent == len(local.out[0]):
                 local.out.pop(0)
@@ -327,5 +324,3 @@ def serve(channel, opener: bool, reporter, listener=None, target=None,
         channel.close()
     return forwarder.sessions_served
 
-
-__all__ = ["Forwarder", "serve", "LinkLost"]

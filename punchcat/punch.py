@@ -237,10 +237,11 @@ class Puncher:
                     f"could be bound here")
         heard = (f"; its router answered {self.refused} probes with a reset, so it is "
                  f"reachable" if self.refused else "")
+        family = "IPv6" if self.family == socket.AF_INET6 else "IPv4"
         return (f"no connection to {self.peer}: is punchcat running there, pointed at this "
-                f"host's public address, with a clock within the clock error{heard}? "
-                f"Both NATs must preserve source ports; a NAT that randomises them "
-                f"cannot be punched")
+                f"host's public {family} address, with a clock within "
+                f"{2 * self.clock_error:g} s of this one{heard}? Both NATs must preserve "
+                f"source ports; a NAT that randomises them cannot be punched")
 
     # -- internals ---------------------------------------------------------
     def _roll(self, now: float) -> None:

@@ -127,6 +127,8 @@ def _up(channel, fd: int, stats: Stats) -> None:
 
 
 def _up_copy(channel, fd: int, stats: Stats) -> None:
+    if kind(fd) == "pipe":
+        _grow_pipe(fd)
     while True:
         try:
             data = os.read(fd, BUFSIZE)
@@ -206,6 +208,8 @@ def _down(channel, fd: int, leftover: bytes, stats: Stats,
 
 
 def _down_copy(channel, fd: int, stats: Stats) -> None:
+    if kind(fd) == "pipe":
+        _grow_pipe(fd)
     buf = bytearray(BUFSIZE)
     view = memoryview(buf)
     while True:

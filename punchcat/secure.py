@@ -206,7 +206,15 @@ class SecureChannel:
                 raise lost(exc, "sending") from None
 
     def shutdown_write(self) -> None:
-        self.sendall(b"")
+        """Send the authenticated end of stream (after anything still queued)."""
+        with self._send_lock:
+            queued = b"".join(bytes(part) for part in self._ct)
+            self._ct.clear()
+            self._ct_bytes = 0
+            try:
+                self.sock.sendall(queued + self._seal(b""))
+            except OSError as exc:
+                raise lost(exc, "sending") from None
 
     def close(self) -> None:
         try:

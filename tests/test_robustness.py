@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -180,3 +181,40 @@ def test_ipv6_through_stateful_firewalls(make_lab, payload, answer):
     for side, other in (("a", "b"), ("b", "a")):
         assert runs[side].returncode == 0, runs[side].stderr
         assert runs[side].stdout == sent[other]
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_line_on_a_terminal(make_lab, tmp_path, quiet):
+    """stderr a terminal: a live progress line while data moves, cleared at the end;
+    none with -q; stdout untouched."""
+    lab = make_lab()
+    master, slave = os.openpty()
+    r, w = os.pipe()
+
+    def trickle():                           # about 2.5 s of input
+        for _ in range(25):
+            os.write(w, os.urandom(100_000))
+            time.sleep(0.1)                  # the input's own pace (what is measured)
+        os.close(w)
+    threading.Thread(target=trickle, daemon=True).start()
+    a = lab.popen("a", [*PUNCHCAT, lab.peer_of("a")], stdin=r, stdout=subprocess.DEVNULL)
+    b = lab.popen("b", [*PUNCHCAT, *(["-q"] if quiet else []), lab.peer_of("b")],
+                  stdin=subprocess.DEVNULL, stdout=open(tmp_path / "out", "wb"), stderr=slave)
+    os.close(slave)
+    screen = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break                            # the terminal's last writer is gone
+        if not chunk:
+            break
+        screen += chunk
+    assert a.wait(timeout=60) == 0 and b.wait(timeout=60) == 0
+    assert (tmp_path / "out").stat().st_size == 2_500_000
+    text = screen.decode(errors="replace")
+    if quiet:
+        assert text == ""
+    else:
+        assert re.search(r"received [\d.]+ MiB, [\d.]+ [KM]iB/s", text), text
+        assert text.endswith("\r\x1b[K")      # cleared at exit

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""How long punchcat takes to notice a dead path, idle and while sending.
+
+Connects two punchcats across the NAT lab with --keepalive K, then drops
+every packet on a core router and times each side's exit.
+
+    python benchmarks/dead_peer.py --keepalive 10 20 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from punchcat.lab import PUNCHCAT, Lab  # noqa: E402
+
+CUT = "table inet cut { chain forward { type filter hook forward priority -10; policy drop; } }"
+
+
+def measure(keepalive: float, busy: bool) -> tuple[float, float, int, int]:
+    with Lab() as lab:
+        r, w = os.pipe()
+        stop = threading.Event()
+
+        def feed():
+            block = os.urandom(1 << 16)
+            try:
+                while not stop.is_set():
+                    os.write(w, block) if busy else time.sleep(0.05)
+            except OSError:
+                pass
+        threading.Thread(target=feed, daemon=True).start()
+        args = ["-v", "--keepalive", str(keepalive)]
+        logs = {s: f"/tmp/dead-{s}.log" for s in "ab"}
+        a = lab.popen("a", [*PUNCHCAT, *args, lab.peer_of("a")], stdin=r,
+                      stdout=subprocess.DEVNULL, stderr=open(logs["a"], "w"))
+        b = lab.popen("b", [*PUNCHCAT, *args, lab.peer_of("b")], stdin=subprocess.PIPE,
+                      stdout=subprocess.DEVNULL, stderr=open(logs["b"], "w"))
+        while not all("connected to" in open(logs[s]).read() for s in "ab"):
+            time.sleep(0.05)
+        time.sleep(1.0)                     # let data flow (or the link sit idle) a moment
+        subprocess.run(lab.command("c1", ["nft", "-f", "-"]), input=CUT, text=True, check=True)
+        cut = time.monotonic()
+        ends = {}
+        for name, proc in (("a", a), ("b", b)):
+            proc.wait(timeout=keepalive * 4 + 60)
+            ends[name] = time.monotonic() - cut
+        stop.set()
+        os.close(w)
+        return ends["a"], ends["b"], a.returncode, b.returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keepalive", type=float, nargs="+", default=[10, 30])
+    opts = parser.parse_args()
+    print("| --keepalive | traffic | a exits after | b exits after | statuses |")
+    print("|---|---|---|---|---|")
+    for k in opts.keepalive:
+        for busy in (True, False):
+            ta, tb, ra, rb = measure(k, busy)
+            print(f"| {k:g} s | {'a sending' if busy else 'idle'} | {ta:.1f} s | {tb:.1f} s "
+                  f"| {ra}, {rb} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
