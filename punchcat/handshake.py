@@ -24,13 +24,17 @@ a host behind NAT does not know its WAN address and two hosts behind one
 NAT share it.  Here the leader is the side with the greater side id: both
 sides see the same two ids, so both agree without knowing any address.
 
-The leader commits to its first verified connection by sending the single
-byte ``$`` on it (the article's confirmation) and closes the others (with a
-reset rather than the article's clean close: see :func:`abort`).  The
-follower sends nothing after its hello until ``$`` arrives; the connection
+The follower answers the leader's hello with the byte ``+``, which proves
+that the connection carries data both ways (measured in the lab: after
+earlier sessions between the same hosts, a router's connection tracking can
+pass one direction of a fresh connection and not the other).  The leader
+commits to the first connection on which that ``+`` arrives by sending the
+single byte ``$`` on it (the article's confirmation) and closes the others
+(with a reset rather than the article's clean close: see :func:`abort`).
+The follower sends nothing after ``+`` until ``$`` arrives; the connection
 on which it arrives is the winner, and the follower closes the others.
 User data follows ``$`` immediately in both directions, so agreeing costs
-no round trip beyond the hellos.
+half a round trip beyond the hellos.
 
 This module is sans-IO: :class:`Election` is fed the bytes received on each
 connection and answers with events (:class:`Send`, :class:`Drop`,
@@ -54,6 +58,7 @@ from .errors import NoConnection, RemoteProtocolError
 MAGIC = b"PUNCHCAT"
 VERSION = 1
 COMMIT = b"$"
+ACK = b"+"
 ID_LEN = 16
 HELLO_LEN = len(MAGIC) + 3 + ID_LEN
 #: A connection whose hello has not arrived after this long is dropped.
@@ -204,6 +209,7 @@ class Election:
         buf += data
         if self.winner is not None:
             return []          # decided; kept in case the winner fails
+        events: list = []
         peer = self._peers.get(conn)
         if peer is None:
             try:
@@ -219,18 +225,24 @@ class Election:
             check_compatible(self.local, peer)
             self._peers[conn] = peer
             del buf[:HELLO_LEN]
+            if not self.leads(peer):
+                events.append(Send(conn, ACK))     # the leader's hello came through
         if self.leads(peer):
-            if buf:
+            # Commit only where the follower's ACK proves our hello got there:
+            # both directions of this connection work.
+            if not buf:
+                return events
+            if bytes(buf) != ACK:
                 self.lost(conn)
                 return [Drop(conn, "peer sent data before the commit")]
-            return self._commit(conn, peer)
+            return events + self._commit(conn, peer)
         if not buf:
-            return []
+            return events
         if buf[:1] != COMMIT:
             self.lost(conn)
             return [Drop(conn, "peer sent data before the commit")]
         self.winner = Won(conn, peer, bytes(buf[1:]))
-        return [self.winner]
+        return events + [self.winner]
 
 
 @dataclass

@@ -26,12 +26,17 @@ replaced every :data:`RECYCLE` seconds, before the kernel would retransmit
 its SYN at full TTL; closing a socket in SYN_SENT sends nothing.
 
 *Probes.*  A probe is a full-TTL SYN on one port: it reaches the far router
-and, if the peer holds a sentinel there, completes at once.  A peer that is
-not running yet would make a filtering router answer with a reset, and
-some routers then mis-map that port for a while, so probes are spread out:
-a burst on :data:`BURST` ports at start (the later of the two peers
-connects with it), then one port every :data:`PROBE_INTERVAL` seconds, in
-a random order of our own.
+and, if the peer holds a sentinel there, completes at once.  The peer that
+starts later is the one whose probes find sentinels waiting, so each side
+probes only while it is new: a burst on :data:`BURST` ports right after its
+sentinels are out, then one port every :data:`PROBE_INTERVAL` seconds, in a
+random order of its own, for :data:`PROBE_WINDOW` seconds.  A side that
+waits longer holds sentinels only.  Probes that reach a peer that is not
+running yet are worse than useless: a filtering router answers them with a
+reset, and a router that still tracks the peer's previous session forwards
+them to a host with no socket for them, which leaves a half-open entry that
+spoils the port for the next session (measured: chains of sessions between
+the same hosts slowed down to ten seconds and more).
 
 *Buckets.*  The ports are those of the article's buckets that a peer whose
 clock is within the clock error of ours may be using
@@ -58,8 +63,10 @@ from .schedule import active_ports
 LOW_TTL = 2
 #: Replace a sentinel after this long, before the kernel retransmits (1 s).
 RECYCLE = 0.8
-#: Full-TTL probes at start, then one every PROBE_INTERVAL seconds.
+#: Full-TTL probes at start (BURST_DELAY after the sentinels), then one
+#: every PROBE_INTERVAL seconds.
 BURST = 8
+BURST_DELAY = 0.05
 PROBE_INTERVAL = 0.5
 #: A port is probed again no sooner than this (a reset's mapping damage lasts ~10 s).
 PROBE_SPACING = 11.0
@@ -67,6 +74,10 @@ PROBE_SPACING = 11.0
 ROLL_INTERVAL = 1.0
 #: After a port's socket was handed over, wait this long before arming it again.
 HANDED_OVER_PAUSE = 5.0
+#: No probes for this long after a connection completed (see Puncher.handle).
+PROBE_PAUSE = 2.0
+#: Probes only in this many seconds after the start (see the module docstring).
+PROBE_WINDOW = 8.0
 
 IP_MINTTL = getattr(socket, "IP_MINTTL", 21)            # Linux value
 IPV6_MINHOPCOUNT = getattr(socket, "IPV6_MINHOPCOUNT", 73)
@@ -150,6 +161,8 @@ class Puncher:
         self.buckets: list[int] = []
         self.sel: selectors.BaseSelector | None = None
         self.next_roll = 0.0
+        self.started = 0.0
+        self.burst_pending = False
         self.next_probe = 0.0
         self.next_status = 0.0
         self.refused = 0
@@ -160,18 +173,21 @@ class Puncher:
     def start(self, sel: selectors.BaseSelector) -> None:
         self.sel = sel
         now = time.monotonic()
+        self.started = now
         self._roll(now)
-        for number in self.order[:BURST]:
-            self._probe(self.ports[number], now)
         for port in list(self.ports.values()):
-            if port.sock is None:
-                self._arm(port, now)
-        self.next_probe = now + PROBE_INTERVAL
+            self._arm(port, now)
+        # The burst a moment after our sentinels: a peer that started just
+        # before us has its own sentinels out by then.
+        self.burst_pending = True
+        self.next_probe = now + BURST_DELAY
 
     def wakeup(self) -> float:
         pending = [p.next_arm if p.sock is None else p.born + RECYCLE
                    for p in self.ports.values()]
-        return min([self.next_roll, self.next_probe, self.next_status, *pending])
+        if self.next_probe < self.started + PROBE_WINDOW:
+            pending.append(self.next_probe)
+        return min([self.next_roll, self.next_status, *pending])
 
     def tick(self) -> list[socket.socket]:
         """Recycle sentinels and send probes that are due."""
@@ -185,7 +201,13 @@ class Puncher:
             elif now >= port.born + RECYCLE:
                 self._drop_socket(port)
                 self._arm(port, now)
-        if now >= self.next_probe:
+        if self.burst_pending and now >= self.next_probe:
+            self.burst_pending = False
+            for number in self.order[:BURST]:
+                if number in self.ports:
+                    self._probe(self.ports[number], now)
+            self.next_probe = now + PROBE_INTERVAL
+        elif now >= self.next_probe and now < self.started + PROBE_WINDOW:
             self.next_probe = now + PROBE_INTERVAL
             port = self._next_to_probe(now)
             if port is not None:
@@ -212,6 +234,12 @@ class Puncher:
             port.next_arm = now + HANDED_OVER_PAUSE
             settle(sock, self.family)
             self.connections += 1
+            # The peer is here and the election is about to end: hold the
+            # probes.  A probe that reaches the peer's router after the peer
+            # has closed its sentinels leaves there a half-open entry that
+            # spoils the port for the next session (measured: such entries
+            # piled up and slowed chains of sessions to seconds).
+            self.next_probe = max(self.next_probe, now + PROBE_PAUSE)
             return [sock]
         self._drop_socket(port)
         if err == errno.ECONNREFUSED and port.full:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from punchcat.errors import RemoteProtocolError
-from punchcat.handshake import (COMMIT, HELLO_LEN, MAGIC, VERSION, Drop, Election, Hello,
+from punchcat.handshake import (ACK, COMMIT, HELLO_LEN, MAGIC, VERSION, Drop, Election, Hello,
                                 NotPunchcat, Send, Won, parse_hello)
 
 LOW, HIGH = Hello(b"\x01" * 16), Hello(b"\xf0" * 16)
@@ -44,23 +44,23 @@ def test_unknown_mode_is_a_protocol_error():
         parse_hello(MAGIC + bytes([VERSION, 77, 0]) + bytes(16))
 
 
-def test_leader_commits_on_first_verified_connection():
+def test_leader_commits_where_the_follower_acknowledged_its_hello():
     e = Election(HIGH)
     assert e.opened("c1") == [Send("c1", HIGH.encode())]
     e.opened("c2")
     assert e.received("c2", LOW.encode()[:10]) == []
-    events = e.received("c2", LOW.encode()[10:])
-    assert events == [Send("c2", COMMIT), Won("c2", LOW, b"")]
-    assert e.received("c1", LOW.encode()) == []          # already decided
-    assert e.winner.conn == "c2"
+    assert e.received("c2", LOW.encode()[10:]) == []     # verified one way only
+    assert e.received("c1", LOW.encode() + ACK) == [Send("c1", COMMIT), Won("c1", LOW, b"")]
+    assert e.received("c2", ACK) == []                    # already decided
+    assert e.winner.conn == "c1"
 
 
-def test_follower_waits_for_the_commit_and_keeps_what_follows():
+def test_follower_acknowledges_then_waits_for_the_commit():
     e = Election(LOW)
     e.opened("c1")
     e.opened("c2")
-    assert e.received("c1", HIGH.encode()) == []
-    assert e.received("c2", HIGH.encode()) == []
+    assert e.received("c1", HIGH.encode()) == [Send("c1", ACK)]
+    assert e.received("c2", HIGH.encode()) == [Send("c2", ACK)]
     assert e.received("c2", COMMIT + b"user data") == [Won("c2", HIGH, b"user data")]
     assert e.received("c1", COMMIT) == []
 
@@ -68,7 +68,7 @@ def test_follower_waits_for_the_commit_and_keeps_what_follows():
 def test_hello_and_commit_in_one_segment():
     e = Election(LOW)
     e.opened("c")
-    assert e.received("c", HIGH.encode() + COMMIT) == [Won("c", HIGH, b"")]
+    assert e.received("c", HIGH.encode() + COMMIT) == [Send("c", ACK), Won("c", HIGH, b"")]
 
 
 def test_connection_to_itself_is_dropped():
@@ -94,10 +94,11 @@ def test_follower_rejects_data_before_the_commit():
     assert isinstance(event, Drop)
 
 
-def test_leader_rejects_data_before_the_commit():
+@pytest.mark.parametrize("after_hello", [b"early", ACK + b"x", COMMIT])
+def test_leader_rejects_data_before_the_commit(after_hello):
     e = Election(HIGH)
     e.opened("c")
-    (event,) = e.received("c", LOW.encode() + b"early")
+    (event,) = e.received("c", LOW.encode() + after_hello)
     assert isinstance(event, Drop)
 
 
@@ -105,8 +106,8 @@ def test_leader_recommits_when_its_choice_fails():
     e = Election(HIGH)
     for c in ("c1", "c2"):
         e.opened(c)
-    e.received("c1", LOW.encode())
-    e.received("c2", LOW.encode())           # verified but not chosen
+    e.received("c1", LOW.encode() + ACK)
+    e.received("c2", LOW.encode() + ACK)     # verified both ways but not chosen
     assert e.winner.conn == "c1"
     assert e.lost("c1") == [Send("c2", COMMIT), Won("c2", LOW, b"")]
 
