@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Read stdin to the end; print bytes and seconds from first byte to EOF as JSON.
+"""Read stdin to the end; write bytes and seconds (first byte to EOF) as JSON.
 
 Usage: sink.py REPORT_FILE  (the consumer at the end of a benchmark's pipe)
 """
@@ -8,13 +8,20 @@ import os
 import sys
 import time
 
-buf = bytearray(1 << 20)
-total, first = 0, None
-with os.fdopen(0, "rb", buffering=0) as stdin:
-    while n := stdin.readinto(buf):
+
+def drain(read_into, report_path: str) -> None:
+    """Read with *read_into* (a readinto-like callable) until it returns 0."""
+    buf = bytearray(4 << 20)
+    total, first = 0, None
+    while n := read_into(buf):
         if first is None:
             first = time.perf_counter()
         total += n
-end = time.perf_counter()
-with open(sys.argv[1], "w") as report:
-    json.dump({"bytes": total, "seconds": end - first if first else 0.0}, report)
+    end = time.perf_counter()
+    with open(report_path, "w") as report:
+        json.dump({"bytes": total, "seconds": end - first if first else 0.0}, report)
+
+
+if __name__ == "__main__":
+    with os.fdopen(0, "rb", buffering=0) as stdin:
+        drain(stdin.readinto, sys.argv[1])

@@ -5,11 +5,11 @@
     tcp_ends.py sink PORT REPORT    accept one connection on 127.0.0.1:PORT, read to EOF,
                                     write {"bytes", "seconds"} (first byte to EOF) to REPORT
 """
-import json
 import os
 import socket
 import sys
-import time
+
+from sink import drain
 
 role, port = sys.argv[1], int(sys.argv[2])
 if role == "send":
@@ -24,12 +24,4 @@ else:
     server = socket.create_server(("127.0.0.1", port))
     print("ready", flush=True)
     conn, _ = server.accept()
-    buf = bytearray(4 << 20)
-    total, first = 0, None
-    while n := conn.recv_into(buf):
-        if first is None:
-            first = time.perf_counter()
-        total += n
-    end = time.perf_counter()
-    with open(sys.argv[3], "w") as report:
-        json.dump({"bytes": total, "seconds": end - first if first else 0.0}, report)
+    drain(conn.recv_into, sys.argv[3])

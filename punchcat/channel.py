@@ -98,8 +98,31 @@ def keep_alive(sock: socket.socket, seconds: float) -> None:
                 pass              # an OS that lacks one still gets the others
 
 
-class PlainChannel:
-    """The punched TCP connection, unencrypted."""
+def send_some(sock: socket.socket, out: list) -> int:
+    """Write the leading buffers of *out* (memoryviews) that the socket takes
+    now, removing what was written; returns the byte count (0 if none fit)."""
+    try:
+        sent = sock.sendmsg(out[:IOV_MAX])
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError as exc:
+        if exc.errno == errno.ENOBUFS:
+            return 0
+        raise lost(exc, "sending") from None
+    left = sent
+    while left:
+        head = out[0]
+        if left >= len(head):
+            left -= len(head)
+            out.pop(0)
+        else:
+            out[0] = head[left:]
+            left = 0
+    return sent
+
+
+class Channel:
+    """What both kinds of channel share: the socket and its closing."""
 
     plain = True
 
@@ -108,11 +131,25 @@ class PlainChannel:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Interactive use first: a keystroke must not wait for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._out: list = []          # buffers queued by the event loop
+        self._out: list = []          # what the event loop queued, not yet written
         self._out_bytes = 0
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def backlog(self) -> int:
+        return self._out_bytes
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class PlainChannel(Channel):
+    """The punched TCP connection, unencrypted."""
 
     # -- blocking (relay threads) -------------------------------------------
     def recv_into(self, buf) -> int:
@@ -132,13 +169,6 @@ class PlainChannel:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             raise lost(exc, "closing") from None
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
 
     # -- non-blocking (mux event loop) ----------------------------------------
     def read(self, size: int = 1 << 20) -> bytes | None:
@@ -161,9 +191,6 @@ class PlainChannel:
                 self._out.append(memoryview(buf).cast("B"))
                 self._out_bytes += len(buf)
 
-    def backlog(self) -> int:
-        return self._out_bytes
-
     def flush(self) -> None:
         """Write what the socket takes now."""
         while self._out:
@@ -172,29 +199,15 @@ class PlainChannel:
                 if not self._splice_out(head):
                     return
                 continue
-            batch = []
-            for item in self._out[:IOV_MAX]:
-                if isinstance(item, Spliced):
-                    break
-                batch.append(item)
-            more = socket.MSG_MORE if len(batch) < len(self._out) else 0
-            try:
-                sent = self.sock.sendmsg(batch, [], more)
-            except (BlockingIOError, InterruptedError):
+            # Buffers up to the next spliced payload (a frame header, mostly).
+            end = next((i for i, item in enumerate(self._out) if isinstance(item, Spliced)),
+                       len(self._out))
+            batch = self._out[:end]
+            sent = send_some(self.sock, batch)
+            if not sent:
                 return
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    return
-                raise lost(exc, "sending") from None
+            self._out[:end] = batch
             self._out_bytes -= sent
-            while sent:
-                head = self._out[0]
-                if sent >= len(head):
-                    sent -= len(head)
-                    self._out.pop(0)
-                else:
-                    self._out[0] = head[sent:]
-                    sent = 0
 
     def _splice_out(self, item: Spliced) -> bool:
         """Move a payload from its pipe to the socket; False if the socket is full."""

@@ -62,6 +62,12 @@ class Stats:
     def duration(self) -> float:
         return (self.ended or time.monotonic()) - self.started
 
+    def count_sent(self, n: int) -> None:
+        self.sent += n
+
+    def count_received(self, n: int) -> None:
+        self.received += n
+
 
 def kind(fd: int) -> str:
     """What *fd* is: file, pipe, socket, tty or other (a device, /dev/null)."""
@@ -168,22 +174,30 @@ def _up_splice(channel, fd: int, stats: Stats, through_pipe: bool) -> None:
             if n == 0:
                 return
             stats.sent += n
+    _splice_through(fd, sock, stats.count_sent, _input_error,
+                    lambda exc: _link_error(exc, "sending"))
+
+
+def _splice_through(src: int, dst: int, count: Callable[[int], None],
+                    src_error: Callable[[OSError], PunchcatError],
+                    dst_error: Callable[[OSError], PunchcatError]) -> None:
+    """Splice *src* to *dst* through a pipe of our own until *src* ends."""
     mid = _Splicer()
     try:
         while True:
             try:
-                n = os.splice(fd, mid.w, CHUNK)
+                n = os.splice(src, mid.w, CHUNK)
             except OSError as exc:
-                raise _input_error(exc) from None
+                raise src_error(exc) from None
             if n == 0:
                 return
             while n:
                 try:
-                    moved = os.splice(mid.r, sock, n)
+                    moved = os.splice(mid.r, dst, n)
                 except OSError as exc:
-                    raise _link_error(exc, "sending") from None
+                    raise dst_error(exc) from None
                 n -= moved
-                stats.sent += moved
+                count(moved)
     finally:
         mid.close()
 
@@ -233,27 +247,10 @@ def _down_splice(channel, fd: int, stats: Stats) -> None:
     Our own pipe has no other reader, and the second splice only moves
     bytes that are already there.
     """
-    sock = channel.fileno()
     if kind(fd) == "pipe":
         _grow_pipe(fd)
-    mid = _Splicer()
-    try:
-        while True:
-            try:
-                n = os.splice(sock, mid.w, CHUNK)
-            except OSError as exc:
-                raise _link_error(exc, "receiving") from None
-            if n == 0:
-                return
-            while n:
-                try:
-                    moved = os.splice(mid.r, fd, n)
-                except OSError as exc:
-                    raise _output_error(exc) from None
-                n -= moved
-                stats.received += moved
-    finally:
-        mid.close()
+    _splice_through(channel.fileno(), fd, stats.count_received,
+                    lambda exc: _link_error(exc, "receiving"), _output_error)
 
 
 # -- both -------------------------------------------------------------------------

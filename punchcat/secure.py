@@ -45,7 +45,7 @@ import ssl
 import struct
 import threading
 
-from .channel import IOV_MAX, lost
+from .channel import Channel, lost, send_some
 from .errors import LinkLost, PunchcatError
 
 SUITE = "ADH-AES128-GCM-SHA256:@SECLEVEL=0"
@@ -89,7 +89,7 @@ def _context(server: bool) -> ssl.SSLContext:
     return ctx
 
 
-class SecureChannel:
+class SecureChannel(Channel):
     """TLS over the punched connection, with the framing of step 4.
 
     Received bytes are decrypted straight into the caller's buffer, frame
@@ -101,8 +101,8 @@ class SecureChannel:
 
     def __init__(self, sock: socket.socket, obj: ssl.SSLObject, incoming: ssl.MemoryBIO,
                  outgoing: ssl.MemoryBIO):
-        self.sock = sock
-        self._obj, self._in, self._out = obj, incoming, outgoing
+        super().__init__(sock)
+        self._obj, self._bio_in, self._bio_out = obj, incoming, outgoing
         self._lock = threading.Lock()        # the SSL object and its BIOs
         self._send_lock = threading.Lock()   # order of ciphertext on the socket
         self._frame_left = 0                 # data bytes left in the current frame
@@ -111,11 +111,6 @@ class SecureChannel:
         self._eof = False
         self._cipher = bytearray(1 << 20)    # ciphertext read from the socket
         self._plain = bytearray(1 << 20)     # for the event loop's read()
-        self._ct: list = []                  # ciphertext queued by the event loop
-        self._ct_bytes = 0
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     # -- records ----------------------------------------------------------------
     def _seal(self, data) -> bytes:
@@ -128,7 +123,7 @@ class SecureChannel:
                 part = view[start:start + MAX_FRAME]
                 self._obj.write(FRAME.pack(len(part)))
                 self._obj.write(part)
-            return self._out.read()
+            return self._bio_out.read()
 
     def _decrypt_into(self, view) -> int | None:
         """Plaintext into *view*; None when more ciphertext is needed."""
@@ -173,7 +168,7 @@ class SecureChannel:
         if n == 0:
             raise self._ended_early()
         with self._lock:
-            self._in.write(memoryview(self._cipher)[:n])
+            self._bio_in.write(memoryview(self._cipher)[:n])
 
     def _ended_early(self) -> LinkLost:
         return LinkLost("the connection ended without the peer's end of stream "
@@ -208,20 +203,13 @@ class SecureChannel:
     def shutdown_write(self) -> None:
         """Send the authenticated end of stream (after anything still queued)."""
         with self._send_lock:
-            queued = b"".join(bytes(part) for part in self._ct)
-            self._ct.clear()
-            self._ct_bytes = 0
+            queued = b"".join(bytes(part) for part in self._out)
+            self._out.clear()
+            self._out_bytes = 0
             try:
                 self.sock.sendall(queued + self._seal(b""))
             except OSError as exc:
                 raise lost(exc, "sending") from None
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
 
     # -- non-blocking (mux event loop) ----------------------------------------------
     def read(self, size: int = 1 << 20) -> bytes | None:
@@ -250,29 +238,15 @@ class SecureChannel:
 
     def queue(self, buffers) -> None:
         sealed = self._seal(b"".join(bytes(b) for b in buffers))
-        self._ct.append(memoryview(sealed))
-        self._ct_bytes += len(sealed)
-
-    def backlog(self) -> int:
-        return self._ct_bytes
+        self._out.append(memoryview(sealed))
+        self._out_bytes += len(sealed)
 
     def flush(self) -> None:
-        while self._ct:
-            try:
-                sent = self.sock.sendmsg(self._ct[:IOV_MAX])
-            except (BlockingIOError, InterruptedError):
+        while self._out:
+            sent = send_some(self.sock, self._out)
+            if not sent:
                 return
-            except OSError as exc:
-                raise lost(exc, "sending") from None
-            self._ct_bytes -= sent
-            while sent:
-                head = self._ct[0]
-                if sent >= len(head):
-                    sent -= len(head)
-                    self._ct.pop(0)
-                else:
-                    self._ct[0] = head[sent:]
-                    sent = 0
+            self._out_bytes -= sent
 
 
 def _recv_exactly(sock: socket.socket, n: int, obj, incoming) -> bytes:
