@@ -28,10 +28,11 @@ its SYN at full TTL; closing a socket in SYN_SENT sends nothing.
 *Probes.*  A probe is a full-TTL SYN on one port: it reaches the far router
 and, if the peer holds a sentinel there, completes at once.  The peer that
 starts later is the one whose probes find sentinels waiting, so each side
-probes only while it is new: a burst on :data:`BURST` ports right after its
-sentinels are out, then one port every :data:`PROBE_INTERVAL` seconds, in a
-random order of its own, for :data:`PROBE_WINDOW` seconds.  A side that
-waits longer holds sentinels only.  Probes that reach a peer that is not
+probes mostly while it is new: a burst on :data:`BURST` ports right after
+its sentinels are out, then one port every :data:`PROBE_INTERVAL` seconds, in
+a random order of its own, for :data:`PROBE_WINDOW` seconds; after that only
+one every :data:`SLOW_PROBE_INTERVAL` seconds, to recover should every early
+probe have failed.  Probes that reach a peer that is not
 running yet are worse than useless: a filtering router answers them with a
 reset, and a router that still tracks the peer's previous session forwards
 them to a host with no socket for them, which leaves a half-open entry that
@@ -76,8 +77,10 @@ ROLL_INTERVAL = 1.0
 HANDED_OVER_PAUSE = 5.0
 #: No probes for this long after a connection completed (see Puncher.handle).
 PROBE_PAUSE = 2.0
-#: Probes only in this many seconds after the start (see the module docstring).
+#: Probes every PROBE_INTERVAL in this many seconds after the start, then only
+#: every SLOW_PROBE_INTERVAL (see the module docstring).
 PROBE_WINDOW = 8.0
+SLOW_PROBE_INTERVAL = 3.0
 
 IP_MINTTL = getattr(socket, "IP_MINTTL", 21)            # Linux value
 IPV6_MINHOPCOUNT = getattr(socket, "IPV6_MINHOPCOUNT", 73)
@@ -185,9 +188,7 @@ class Puncher:
     def wakeup(self) -> float:
         pending = [p.next_arm if p.sock is None else p.born + RECYCLE
                    for p in self.ports.values()]
-        if self.next_probe < self.started + PROBE_WINDOW:
-            pending.append(self.next_probe)
-        return min([self.next_roll, self.next_status, *pending])
+        return min([self.next_roll, self.next_probe, self.next_status, *pending])
 
     def tick(self) -> list[socket.socket]:
         """Recycle sentinels and send probes that are due."""
@@ -207,8 +208,9 @@ class Puncher:
                 if number in self.ports:
                     self._probe(self.ports[number], now)
             self.next_probe = now + PROBE_INTERVAL
-        elif now >= self.next_probe and now < self.started + PROBE_WINDOW:
-            self.next_probe = now + PROBE_INTERVAL
+        elif now >= self.next_probe:
+            slow = now >= self.started + PROBE_WINDOW
+            self.next_probe = now + (SLOW_PROBE_INTERVAL if slow else PROBE_INTERVAL)
             port = self._next_to_probe(now)
             if port is not None:
                 self._probe(port, now)
