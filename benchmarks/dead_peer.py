@@ -20,9 +20,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from punchcat.lab import PUNCHCAT, Lab  # noqa: E402
 
-CUT = "table inet cut { chain forward { type filter hook forward priority -10; policy drop; } }"
-
-
 def measure(keepalive: float, busy: bool) -> tuple[float, float, int, int]:
     with Lab() as lab:
         r, w = os.pipe()
@@ -45,15 +42,22 @@ def measure(keepalive: float, busy: bool) -> tuple[float, float, int, int]:
         while not all("connected to" in open(logs[s]).read() for s in "ab"):
             time.sleep(0.05)
         time.sleep(1.0)                     # let data flow (or the link sit idle) a moment
-        subprocess.run(lab.command("c1", ["nft", "-f", "-"]), input=CUT, text=True, check=True)
+        lab.cut_path()
         cut = time.monotonic()
         ends = {}
-        for name, proc in (("a", a), ("b", b)):
-            proc.wait(timeout=keepalive * 4 + 60)
-            ends[name] = time.monotonic() - cut
+        deadline = cut + keepalive * 4 + 60
+        while len(ends) < 2 and time.monotonic() < deadline:
+            for name, proc in (("a", a), ("b", b)):
+                if name not in ends and proc.poll() is not None:
+                    ends[name] = time.monotonic() - cut
+            time.sleep(0.05)
+        for proc in (a, b):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         stop.set()
         os.close(w)
-        return ends["a"], ends["b"], a.returncode, b.returncode
+        return ends.get("a", float("inf")), ends.get("b", float("inf")), a.returncode, b.returncode
 
 
 def main() -> int:

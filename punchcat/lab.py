@@ -229,6 +229,15 @@ table ip labfwd {{
 insert rule inet lab forward ct status dnat accept
 """)
 
+    def cut_path(self) -> None:
+        """Drop every packet through core router c1 from now on: the path
+        between the two homes dies without a word (for dead-peer tests)."""
+        _run(self.command("c1", ["nft", "-f", "-"]), stdin="""
+table inet cut {
+    chain forward { type filter hook forward priority -10; policy drop; }
+}
+""")
+
     @staticmethod
     def _add_ipv6(config: dict) -> None:
         c1, c2 = _V6_CORE

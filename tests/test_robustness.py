@@ -4,7 +4,6 @@ import hashlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,15 +38,6 @@ def test_256_mib_each_way_at_once(make_lab, tmp_path):
     for side, other in (("a", "b"), ("b", "a")):
         assert runs[side].returncode == 0, runs[side].stderr
         assert file_sha(tmp_path / f"out-{side}") == file_sha(tmp_path / f"in-{other}")
-
-
-def cut_path(lab):
-    """Every packet through core router 1 is dropped from now on."""
-    subprocess.run(lab.command("c1", ["nft", "-f", "-"]), check=True, text=True, input="""
-table inet cut {
-    chain forward { type filter hook forward priority -10; policy drop; }
-}
-""")
 
 
 def endless_input():
@@ -87,7 +77,7 @@ def test_a_dead_path_ends_both_sides_within_the_keepalive_bound(make_lab, tmp_pa
         wait_for(lambda: all("connected to" in logs[s].read_text() for s in "ab"),
                  what="the punch")
     cut = time.monotonic()
-    cut_path(lab)
+    lab.cut_path()
     for proc in (a, b):
         proc.wait(timeout=60)
     elapsed = time.monotonic() - cut
