@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import time
 
 import pytest
 
@@ -32,6 +34,30 @@ def make_lab():
     yield make
     for lab in labs:
         lab.close()
+
+
+#: The Debian package of each tool the lab tests use beyond ip and nft.
+PACKAGES = {"sshd": "openssh-server", "ssh": "openssh-client", "scp": "openssh-client",
+            "ssh-keygen": "openssh-client", "tcpdump": "tcpdump", "faketime": "faketime",
+            "conntrack": "conntrack", "/usr/bin/time": "time"}
+
+
+def need(*tools: str) -> None:
+    """Skip (fail under CI) unless every one of *tools* is installed."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        packages = sorted({PACKAGES.get(t, t) for t in missing})
+        reason = f"needs {', '.join(missing)} (apt-get install {' '.join(packages)})"
+        pytest.fail(reason + " (PUNCHCAT_REQUIRE_LAB=1)") if REQUIRE_LAB else pytest.skip(reason)
+
+
+def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll *condition* until it holds; fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def sha(data: bytes) -> str:

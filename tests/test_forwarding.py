@@ -9,32 +9,16 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
 from punchcat.lab import PUNCHCAT, Lab
 
-from conftest import REQUIRE_LAB
+from conftest import need, wait_for
 
 pytestmark = pytest.mark.lab
 
 SSHD_PORT = 2222
-
-
-def need(*tools):
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        reason = f"needs {', '.join(missing)} (apt-get install openssh-server openssh-client)"
-        pytest.fail(reason) if REQUIRE_LAB else pytest.skip(reason)
-
-
-def wait_for(condition, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import pytest
 from punchcat.lab import PUNCHCAT, Side, occupy_ports, run_pair
 from punchcat.schedule import active_ports, plan_bucket, ports_for_bucket
 
-from conftest import REQUIRE_LAB, sha
+from conftest import need, sha
 
 pytestmark = pytest.mark.lab
 
@@ -138,9 +137,7 @@ def test_clocks_apart_within_the_clock_error(make_lab, payload, answer, skew):
 
 def test_a_really_shifted_clock(make_lab, payload):
     # libfaketime shifts what the process reads as the time of day.
-    if shutil.which("faketime") is None:
-        pytest.fail("faketime is not installed (apt-get install faketime)") if REQUIRE_LAB \
-            else pytest.skip("faketime is not installed")
+    need("faketime")
     lab = make_lab()
     shifted = subprocess.run(["faketime", "-f", "+15s", *PUNCHCAT, "--plan"],
                              capture_output=True, check=True)
@@ -167,6 +164,7 @@ def test_ports_in_use_on_one_side(make_lab, payload):
 
 
 def test_a_new_session_right_after_the_previous_one(make_lab, payload):
+    need("conntrack")
     lab = make_lab(Side(answer="reject"), Side(answer="reject"))
     exchange(lab, payload)
     tracked = lab.sh("ra", "conntrack -L -p tcp 2>/dev/null")

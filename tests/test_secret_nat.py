@@ -9,8 +9,7 @@ import pytest
 
 from punchcat.lab import Side, run_pair
 
-from conftest import sha
-from test_forwarding import wait_for
+from conftest import need, sha, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -80,19 +79,12 @@ def capture(lab, tmp_path, env):
 
 
 def test_no_plaintext_on_the_wire_with_a_secret(make_lab, tmp_path):
-    need_tcpdump()
+    need("tcpdump")
     lab = make_lab()
     assert MARKER in capture(lab, tmp_path, {})                  # the capture does see payload
     encrypted = capture(lab, tmp_path, with_secret())
     assert len(encrypted) > 140_000                              # it saw the whole transfer
     assert MARKER not in encrypted
-
-
-def need_tcpdump():
-    import shutil
-    from conftest import REQUIRE_LAB
-    if shutil.which("tcpdump") is None:
-        pytest.fail("tcpdump is missing") if REQUIRE_LAB else pytest.skip("tcpdump is missing")
 
 
 CORRUPT = """
