@@ -28,6 +28,15 @@ F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
 
 
+def grow_pipe(fd: int, size: int) -> None:
+    """Ask for a pipe of *size* bytes (the default is 64 KiB); keep the
+    default if the OS refuses (not a pipe, over /proc/sys/fs/pipe-max-size)."""
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+    except OSError:
+        pass
+
+
 class Pipe:
     """A pipe of our own, to move a session's bytes to the link inside the
     kernel (splice) instead of through our memory.
@@ -38,10 +47,7 @@ class Pipe:
 
     def __init__(self, size: int = 512 * 1024):
         self.r, self.w = os.pipe()
-        try:
-            fcntl.fcntl(self.w, F_SETPIPE_SZ, size)
-        except OSError:
-            pass
+        grow_pipe(self.w, size)
         self.cap = fcntl.fcntl(self.w, F_GETPIPE_SZ)
         self.filled = 0
         self.owed = 0

@@ -30,7 +30,6 @@ line typed at a terminal is sent at once.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import queue
 import stat
@@ -39,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .channel import grow_pipe
 from .errors import LinkLost, PunchcatError
 
 BUFSIZE = 1024 * 1024
@@ -46,7 +46,6 @@ BUFSIZE = 1024 * 1024
 CHUNK = 4 * 1024 * 1024
 #: Pipe size asked for (F_SETPIPE_SZ); the default is 64 KiB.
 PIPE_SIZE = 1024 * 1024
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 HAVE_SPLICE = hasattr(os, "splice")
 HAVE_SENDFILE = hasattr(os, "sendfile")
 
@@ -87,12 +86,6 @@ def write_all(fd: int, data) -> None:
         view = view[os.write(fd, view):]
 
 
-def _grow_pipe(fd: int) -> None:
-    try:
-        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass                      # not a pipe we may resize; the default works
-
 
 def _input_error(exc: OSError) -> PunchcatError:
     return PunchcatError(f"cannot read input: {exc.strerror}")
@@ -111,7 +104,7 @@ class _Splicer:
 
     def __init__(self):
         self.r, self.w = os.pipe()
-        _grow_pipe(self.w)
+        grow_pipe(self.w, PIPE_SIZE)
 
     def close(self) -> None:
         os.close(self.r)
@@ -134,7 +127,7 @@ def _up(channel, fd: int, stats: Stats) -> None:
 
 def _up_copy(channel, fd: int, stats: Stats) -> None:
     if kind(fd) == "pipe":
-        _grow_pipe(fd)
+        grow_pipe(fd, PIPE_SIZE)
     while True:
         try:
             data = os.read(fd, BUFSIZE)
@@ -165,7 +158,7 @@ def _up_sendfile(channel, fd: int, stats: Stats) -> None:
 def _up_splice(channel, fd: int, stats: Stats, through_pipe: bool) -> None:
     sock = channel.fileno()
     if not through_pipe:
-        _grow_pipe(fd)
+        grow_pipe(fd, PIPE_SIZE)
         while True:
             try:
                 n = os.splice(fd, sock, CHUNK)
@@ -223,7 +216,7 @@ def _down(channel, fd: int, leftover: bytes, stats: Stats,
 
 def _down_copy(channel, fd: int, stats: Stats) -> None:
     if kind(fd) == "pipe":
-        _grow_pipe(fd)
+        grow_pipe(fd, PIPE_SIZE)
     buf = bytearray(BUFSIZE)
     view = memoryview(buf)
     while True:
@@ -248,7 +241,7 @@ def _down_splice(channel, fd: int, stats: Stats) -> None:
     bytes that are already there.
     """
     if kind(fd) == "pipe":
-        _grow_pipe(fd)
+        grow_pipe(fd, PIPE_SIZE)
     _splice_through(channel.fileno(), fd, stats.count_received,
                     lambda exc: _link_error(exc, "receiving"), _output_error)
 
