@@ -138,15 +138,16 @@ def main() -> int:
           f"{time.strftime('%Y-%m-%d')}, {platform.node()} {platform.machine()}, "
           f"Linux {platform.release()}, {os.cpu_count()} CPUs")
     print()
-    print("| row | success | connect median | connect p95 |")
-    print("|---|---|---|---|")
+    print("| row | success | connect median | connect p95 | max |")
+    print("|---|---|---|---|---|")
     for row in rows:
         started = time.monotonic()
         res = run_row(row, opts.n, rng, opts.v)
         times = res["times"]
         med = f"{statistics.median(times):.2f} s" if times else "-"
         p95 = f"{percentile(times, 0.95):.2f} s" if times else "-"
-        print(f"| {row.label} | {res['ok']}/{res['n']} | {med} | {p95} |", flush=True)
+        top = f"{max(times):.2f} s" if times else "-"
+        print(f"| {row.label} | {res['ok']}/{res['n']} | {med} | {p95} | {top} |", flush=True)
         if opts.v:
             print(f"  ({row.name}: {time.monotonic() - started:.0f} s)", file=sys.stderr)
     return 0
