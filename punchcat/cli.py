@@ -16,7 +16,8 @@ import typer
 
 from . import __version__
 from .channel import PlainChannel, keep_alive
-from .errors import Interrupted, PunchcatError, UsageError
+from .errors import (Interrupted, PunchcatError, UsageError, check_interrupted, on_signal,
+                     quiet_unraisable)
 from .forward import serve
 from .handshake import FLAG_SECRET, Hello, Link, Mode, establish
 from .punch import Puncher
@@ -254,6 +255,7 @@ def punchcat(
                 reporter.error(str(exc))
             if not keep_open:
                 return
+            check_interrupted()
             reporter.info("link ended; punching again (-k)")
     finally:
         if listener is not None:
@@ -321,14 +323,11 @@ def show_progress(reporter, stats: Stats) -> None:
                     f"{human(rate)}/s, {stats.duration:.0f} s")
 
 
-def _raise_interrupted(signum, _frame):
-    raise Interrupted(signum, signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line ``punchcat: …`` on errors, never a traceback."""
-    signal.signal(signal.SIGTERM, _raise_interrupted)
-    signal.signal(signal.SIGINT, _raise_interrupted)
+    sys.unraisablehook = quiet_unraisable
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         status = app(args=argv, prog_name="punchcat", standalone_mode=False)
     except Interrupted as exc:

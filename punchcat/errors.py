@@ -8,6 +8,9 @@ activity.
 
 from __future__ import annotations
 
+import signal
+import sys
+
 
 class PunchcatError(Exception):
     """Something went wrong at run time; punchcat stops with status 1."""
@@ -41,6 +44,35 @@ class LinkLost(PunchcatError):
 class Interrupted(PunchcatError):
     """A signal ended punchcat; status 128 + the signal number."""
 
+    #: The signal received, kept for :func:`check_interrupted`.
+    pending: "Interrupted | None" = None
+
     def __init__(self, signum: int, name: str):
         super().__init__(f"interrupted by {name}")
         self.exit_code = 128 + signum
+
+
+def on_signal(signum: int, _frame) -> None:
+    """Signal handler: end punchcat by raising :class:`Interrupted`.
+
+    Python runs the handler between any two bytecodes of the main thread; if
+    that happens inside a weakref callback or a ``__del__`` (the garbage
+    collector runs them anywhere), the exception is printed and dropped.  So
+    the signal is also kept, and every loop calls :func:`check_interrupted`
+    at least once a second.
+    """
+    Interrupted.pending = Interrupted(signum, signal.Signals(signum).name)
+    raise Interrupted.pending
+
+
+def check_interrupted() -> None:
+    """Raise the signal that arrived, should its first raise have been lost."""
+    if Interrupted.pending is not None:
+        raise Interrupted.pending
+
+
+def quiet_unraisable(unraisable) -> None:
+    """sys.unraisablehook: a lost Interrupted is not a traceback on stderr
+    (:func:`check_interrupted` raises it again); anything else is printed."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+        sys.__unraisablehook__(unraisable)

@@ -19,7 +19,7 @@ import socket
 import struct
 
 from .channel import SPLICE_F_NONBLOCK, Pipe, Spliced
-from .errors import LinkLost
+from .errors import LinkLost, check_interrupted
 from .mux import MAX_PAYLOAD, Credit, Data, Eof, Mux, Opened, Reset
 
 #: Keep the link's queue topped up to about this many bytes.
@@ -28,6 +28,8 @@ LINK_LOW_WATER = 2 * MAX_PAYLOAD
 #: so that the mux, not the kernel, decides what goes next.
 NOTSENT_LOWAT = 256 * 1024
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+#: The loop wakes at least this often, to notice a signal (errors.check_interrupted).
+CHECK_INTERVAL = 1.0
 
 
 class _Local:
@@ -81,8 +83,9 @@ class Forwarder:
             self.sel.register(self.listener, selectors.EVENT_READ, "listener")
         try:
             while True:
+                check_interrupted()
                 self._fill_link()
-                for key, mask in self.sel.select():
+                for key, mask in self.sel.select(CHECK_INTERVAL):
                     if key.data == "link":
                         if mask & selectors.EVENT_WRITE:
                             self.channel.flush()

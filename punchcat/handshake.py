@@ -53,7 +53,7 @@ import time
 from dataclasses import dataclass
 from typing import Hashable
 
-from .errors import NoConnection, RemoteProtocolError
+from .errors import NoConnection, RemoteProtocolError, check_interrupted
 
 MAGIC = b"PUNCHCAT"
 VERSION = 1
@@ -292,6 +292,7 @@ def establish(puncher, local: Hello, deadline: float, reporter) -> Link:
     try:
         puncher.start(sel)
         while election.winner is None:
+            check_interrupted()
             now = time.monotonic()
             if now >= deadline:
                 raise NoConnection(puncher.failure_hint())

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .channel import grow_pipe
-from .errors import LinkLost, PunchcatError
+from .errors import LinkLost, PunchcatError, check_interrupted
 
 BUFSIZE = 1024 * 1024
 #: Most bytes asked of one splice/sendfile call.
@@ -283,6 +283,7 @@ def pipe(channel, source_fd: int, sink_fd: int, leftover: bytes = b"",
                     exc = results.get(timeout=0.5)
                     break
                 except queue.Empty:
+                    check_interrupted()
                     if tick is not None:
                         tick(stats)
             if exc is not None:
