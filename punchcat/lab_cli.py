@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from .errors import Interrupted, check_interrupted, on_signal, quiet_unraisable
 from .lab import ANSWERS, NAT_MODES, Lab, LabUnavailable, Run, Side, missing_prerequisites, run_pair
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -85,6 +86,7 @@ def punchcat_lab(
               flush=True)
         runs = run_pair(lab, ["-v", "-w", str(timeout)], stdin=sent, delay_b=delay,
                         env={"b": {"PUNCHCAT_CLOCK_OFFSET": str(skew)}}, timeout=timeout + 30)
+        check_interrupted()                # a signal whose first raise was dropped
     plan = re.search(r"bucket (\d+).*ports ([\d ]+)", runs["a"].stderr)
     if plan:
         print(f"bucket {plan.group(1)}, ports {plan.group(2).strip()}", file=out)
@@ -111,27 +113,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-class _Interrupted(Exception):
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _interrupted(signum, _frame):
-    raise _Interrupted(signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``punchcat-lab``; the lab is torn down on every way out."""
-    signal.signal(signal.SIGTERM, _interrupted)
-    signal.signal(signal.SIGINT, _interrupted)
+    sys.unraisablehook = quiet_unraisable
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         status = app(args=argv, prog_name="punchcat-lab", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
-    except _Interrupted as exc:
+    except Interrupted as exc:
         print("punchcat-lab: interrupted; the lab was torn down", file=sys.stderr)
-        return 128 + exc.signum
+        return exc.exit_code
     except LabUnavailable as exc:
         print(f"punchcat-lab: {exc}", file=sys.stderr)
         return 1
