@@ -13,26 +13,16 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from punchcat.lab import PUNCHCAT, Lab  # noqa: E402
+from punchcat.lab import PUNCHCAT, Lab, endless_input  # noqa: E402
 
 def measure(keepalive: float, busy: bool) -> tuple[float, float, int, int]:
     with Lab() as lab:
-        r, w = os.pipe()
-        stop = threading.Event()
-
-        def feed():
-            block = os.urandom(1 << 16)
-            try:
-                while not stop.is_set():
-                    os.write(w, block) if busy else time.sleep(0.05)
-            except OSError:
-                pass
-        threading.Thread(target=feed, daemon=True).start()
+        # a sends without end, or holds an open, silent stdin
+        r, w, stop = endless_input() if busy else (*os.pipe(), None)
         args = ["-v", "--keepalive", str(keepalive)]
         logs = {s: f"/tmp/dead-{s}.log" for s in "ab"}
         a = lab.popen("a", [*PUNCHCAT, *args, lab.peer_of("a")], stdin=r,
@@ -55,7 +45,8 @@ def measure(keepalive: float, busy: bool) -> tuple[float, float, int, int]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        stop.set()
+        if stop is not None:
+            stop.set()
         os.close(w)
         return ends.get("a", float("inf")), ends.get("b", float("inf")), a.returncode, b.returncode
 

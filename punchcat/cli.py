@@ -6,7 +6,6 @@ import ipaddress
 import json
 import os
 import re
-import signal
 import socket
 import sys
 import time
@@ -16,8 +15,7 @@ import typer
 
 from . import __version__
 from .channel import PlainChannel, keep_alive
-from .errors import (Interrupted, PunchcatError, UsageError, check_interrupted, on_signal,
-                     quiet_unraisable)
+from .errors import Interrupted, PunchcatError, UsageError, catch_signals, check_interrupted
 from .forward import serve
 from .handshake import FLAG_SECRET, Hello, Link, Mode, establish
 from .punch import Puncher
@@ -325,9 +323,7 @@ def show_progress(reporter, stats: Stats) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line ``punchcat: …`` on errors, never a traceback."""
-    sys.unraisablehook = quiet_unraisable
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    catch_signals()
     try:
         status = app(args=argv, prog_name="punchcat", standalone_mode=False)
     except Interrupted as exc:

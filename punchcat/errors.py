@@ -52,6 +52,13 @@ class Interrupted(PunchcatError):
         self.exit_code = 128 + signum
 
 
+def catch_signals() -> None:
+    """SIGINT and SIGTERM end the program by :class:`Interrupted`."""
+    sys.unraisablehook = quiet_unraisable
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
 def on_signal(signum: int, _frame) -> None:
     """Signal handler: end punchcat by raising :class:`Interrupted`.
 

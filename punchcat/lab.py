@@ -301,6 +301,23 @@ time.sleep(3600)
 """
 
 
+def endless_input() -> tuple[int, int, threading.Event]:
+    """A pipe (read end, write end, stop event) kept full of random bytes
+    until *stop* is set or the write end is closed: a sender that never ends."""
+    r, w = os.pipe()
+    stop = threading.Event()
+
+    def feed() -> None:
+        block = os.urandom(1 << 16)
+        try:
+            while not stop.is_set():
+                os.write(w, block)
+        except OSError:
+            pass
+    threading.Thread(target=feed, daemon=True).start()
+    return r, w, stop
+
+
 def occupy_ports(lab: Lab, role: str, ports) -> subprocess.Popen:
     """Hold *ports* on host *role* with plain listening sockets (another
     program using them), until the returned process is killed."""

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .errors import Interrupted, check_interrupted, on_signal, quiet_unraisable
+from .errors import Interrupted, catch_signals, check_interrupted
 from .lab import ANSWERS, NAT_MODES, Lab, LabUnavailable, Run, Side, missing_prerequisites, run_pair
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -115,9 +114,7 @@ def _fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``punchcat-lab``; the lab is torn down on every way out."""
-    sys.unraisablehook = quiet_unraisable
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    catch_signals()
     try:
         status = app(args=argv, prog_name="punchcat-lab", standalone_mode=False)
     except typer.Exit as exc:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from punchcat.lab import PUNCHCAT, Side, run_pair
+from punchcat.lab import PUNCHCAT, Side, endless_input, run_pair
 
 from conftest import need, sha, wait_for
 
@@ -37,22 +37,6 @@ def test_256_mib_each_way_at_once(make_lab, tmp_path):
     for side, other in (("a", "b"), ("b", "a")):
         assert runs[side].returncode == 0, runs[side].stderr
         assert file_sha(tmp_path / f"out-{side}") == file_sha(tmp_path / f"in-{other}")
-
-
-def endless_input():
-    """A pipe that keeps punchcat's stdin busy until closed."""
-    r, w = os.pipe()
-    stop = threading.Event()
-
-    def feed():
-        block = os.urandom(1 << 16)
-        try:
-            while not stop.is_set():
-                os.write(w, block)
-        except OSError:
-            pass
-    threading.Thread(target=feed, daemon=True).start()
-    return r, w, stop
 
 
 @pytest.mark.parametrize("busy", [True, False], ids=["sending", "idle"])
