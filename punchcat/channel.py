@@ -2,7 +2,7 @@
 
 A channel offers two ways to move bytes:
 
-* blocking calls for the pipe's two threads (:meth:`recv_into`,
+* blocking calls for the relay's two threads (:meth:`recv_into`,
   :meth:`sendall`, :meth:`shutdown_write`); and
 * non-blocking calls for the multiplexer's event loop (:meth:`read`,
   :meth:`queue`, :meth:`flush`, :meth:`backlog`).
@@ -37,17 +37,30 @@ def grow_pipe(fd: int, size: int) -> None:
         pass
 
 
-class Pipe:
-    """A pipe of our own, to move a session's bytes to the link inside the
-    kernel (splice) instead of through our memory.
+class KernelPipe:
+    """An OS pipe of our own, to splice between two ends inside the kernel."""
+
+    def __init__(self, size: int):
+        self.r, self.w = os.pipe()
+        grow_pipe(self.w, size)
+
+    def close(self) -> None:
+        if self.r >= 0:
+            os.close(self.r)
+            os.close(self.w)
+            self.r = self.w = -1
+
+
+class Spool(KernelPipe):
+    """Bytes read from a local socket, held in a kernel pipe until the link
+    takes them (the mux's zero-copy send path).
 
     *filled* counts the bytes in it; *owed* those that queued frames still
     have to send.  :meth:`release` closes it once nothing is owed.
     """
 
     def __init__(self, size: int = 512 * 1024):
-        self.r, self.w = os.pipe()
-        grow_pipe(self.w, size)
+        super().__init__(size)
         self.cap = fcntl.fcntl(self.w, F_GETPIPE_SZ)
         self.filled = 0
         self.owed = 0
@@ -58,50 +71,20 @@ class Pipe:
 
     def release(self) -> None:
         self.closing = True
-        if self.owed == 0 and self.r >= 0:
-            os.close(self.r)
-            os.close(self.w)
-            self.r = self.w = -1
+        if self.owed == 0:
+            self.close()
 
 
 class Spliced:
-    """A frame payload still in a :class:`Pipe`: *n* bytes to splice to the link."""
+    """A frame payload still in a :class:`Spool`: *n* bytes to splice to the link."""
 
-    __slots__ = ("pipe", "n")
+    __slots__ = ("spool", "n")
 
-    def __init__(self, pipe: Pipe, n: int):
-        self.pipe, self.n = pipe, n
+    def __init__(self, spool: Spool, n: int):
+        self.spool, self.n = spool, n
 
     def __len__(self) -> int:
         return self.n
-
-
-def lost(exc: OSError, doing: str) -> LinkLost:
-    if exc.errno == errno.ETIMEDOUT:
-        return LinkLost(f"connection lost while {doing}: the peer stopped answering "
-                        f"(it or the path to it is gone)")
-    return LinkLost(f"connection lost while {doing}: {exc.strerror or exc}")
-
-
-def keep_alive(sock: socket.socket, seconds: float) -> None:
-    """Notice a vanished peer within about *seconds*, idle or sending.
-
-    Idle: TCP keepalive probes start after half the bound and three unanswered
-    probes, a sixth of the bound apart, end the connection.  Sending:
-    TCP_USER_TIMEOUT ends it when data stays unacknowledged for the bound.
-    The probes also keep NAT mappings along the path from expiring.
-    """
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    options = (("TCP_KEEPIDLE", max(1, round(seconds / 2))),
-               ("TCP_KEEPINTVL", max(1, round(seconds / 6))),
-               ("TCP_KEEPCNT", 3),
-               ("TCP_USER_TIMEOUT", int(seconds * 1000)))
-    for name, value in options:
-        if hasattr(socket, name):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-            except OSError:
-                pass              # an OS that lacks one still gets the others
 
 
 def send_some(sock: socket.socket, out: list) -> int:
@@ -114,7 +97,7 @@ def send_some(sock: socket.socket, out: list) -> int:
     except OSError as exc:
         if exc.errno == errno.ENOBUFS:
             return 0
-        raise lost(exc, "sending") from None
+        raise LinkLost.from_os(exc, "sending") from None
     left = sent
     while left:
         head = out[0]
@@ -134,9 +117,6 @@ class Channel:
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Interactive use first: a keystroke must not wait for an ACK.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._out: list = []          # what the event loop queued, not yet written
         self._out_bytes = 0
 
@@ -153,6 +133,17 @@ class Channel:
             pass
         self.sock.close()
 
+    def finish(self, grace: float = 1.0) -> None:
+        """End the link: tell the peer it ends here (with a secret, the
+        authenticated end, so an interrupt is not mistaken for a cut),
+        waiting at most *grace* seconds; then close."""
+        try:
+            self.sock.settimeout(grace)
+            self.shutdown_write()
+        except (OSError, LinkLost):
+            pass
+        self.close()
+
 
 class PlainChannel(Channel):
     """The punched TCP connection, unencrypted."""
@@ -162,19 +153,19 @@ class PlainChannel(Channel):
         try:
             return self.sock.recv_into(buf)
         except OSError as exc:
-            raise lost(exc, "receiving") from None
+            raise LinkLost.from_os(exc, "receiving") from None
 
     def sendall(self, data) -> None:
         try:
             self.sock.sendall(data)
         except OSError as exc:
-            raise lost(exc, "sending") from None
+            raise LinkLost.from_os(exc, "sending") from None
 
     def shutdown_write(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            raise lost(exc, "closing") from None
+            raise LinkLost.from_os(exc, "closing") from None
 
     # -- non-blocking (mux event loop) ----------------------------------------
     def read(self, size: int = 1 << 20) -> bytes | None:
@@ -184,13 +175,13 @@ class PlainChannel(Channel):
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as exc:
-            raise lost(exc, "receiving") from None
+            raise LinkLost.from_os(exc, "receiving") from None
 
     def queue(self, buffers) -> None:
         """Buffers (bytes-like) and :class:`Spliced` payloads, in order."""
         for buf in buffers:
             if isinstance(buf, Spliced):
-                buf.pipe.owed += buf.n
+                buf.spool.owed += buf.n
                 self._out.append(buf)
                 self._out_bytes += buf.n
             elif len(buf):
@@ -216,19 +207,19 @@ class PlainChannel(Channel):
             self._out_bytes -= sent
 
     def _splice_out(self, item: Spliced) -> bool:
-        """Move a payload from its pipe to the socket; False if the socket is full."""
+        """Move a payload from its spool to the socket; False if the socket is full."""
         try:
-            moved = os.splice(item.pipe.r, self.sock.fileno(), item.n, flags=SPLICE_F_NONBLOCK)
+            moved = os.splice(item.spool.r, self.sock.fileno(), item.n, flags=SPLICE_F_NONBLOCK)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            raise lost(exc, "sending") from None
+            raise LinkLost.from_os(exc, "sending") from None
         item.n -= moved
-        item.pipe.filled -= moved
-        item.pipe.owed -= moved
+        item.spool.filled -= moved
+        item.spool.owed -= moved
         self._out_bytes -= moved
         if item.n == 0:
             self._out.pop(0)
-            if item.pipe.closing:
-                item.pipe.release()
+            if item.spool.closing:
+                item.spool.release()
         return True

@@ -8,6 +8,7 @@ activity.
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 
@@ -39,6 +40,31 @@ class LocalProtocolError(PunchcatError):
 
 class LinkLost(PunchcatError):
     """The punched connection broke while data was moving."""
+
+    @classmethod
+    def from_os(cls, exc: OSError, doing: str) -> "LinkLost":
+        """The one wording for a failed socket call on the link (*doing*:
+        "sending", "receiving", "closing"), on every path."""
+        if exc.errno == errno.ETIMEDOUT:
+            return cls(f"connection lost while {doing}: the peer stopped answering "
+                       f"(it or the path to it is gone)")
+        return cls(f"connection lost while {doing}: {exc.strerror or exc}")
+
+
+class InputFailed(PunchcatError):
+    """What punchcat sends (standard input, or a local connection) could not be read."""
+
+    @classmethod
+    def from_os(cls, exc: OSError) -> "InputFailed":
+        return cls(f"cannot read input: {exc.strerror or exc}")
+
+
+class OutputFailed(PunchcatError):
+    """What the peer sent could not be written (standard output, or a local connection)."""
+
+    @classmethod
+    def from_os(cls, exc: OSError) -> "OutputFailed":
+        return cls(f"cannot write output: {exc.strerror or exc}")
 
 
 class Interrupted(PunchcatError):

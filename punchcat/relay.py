@@ -1,4 +1,4 @@
-"""The pipe: input to the peer and the peer to output, until both are done.
+"""The relay: input to the peer and the peer to output, until both are done.
 
 Four directions, as in nc: input (stdin, or a target socket) is read and sent
 to the net; the net is read and written to output (stdout, or the same
@@ -38,16 +38,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .channel import grow_pipe
-from .errors import LinkLost, PunchcatError, check_interrupted
+from .channel import KernelPipe, grow_pipe
+from .errors import InputFailed, LinkLost, OutputFailed, PunchcatError, check_interrupted
+from .sockopts import PORTABLE
 
 BUFSIZE = 1024 * 1024
 #: Most bytes asked of one splice/sendfile call.
 CHUNK = 4 * 1024 * 1024
 #: Pipe size asked for (F_SETPIPE_SZ); the default is 64 KiB.
 PIPE_SIZE = 1024 * 1024
-HAVE_SPLICE = hasattr(os, "splice")
-HAVE_SENDFILE = hasattr(os, "sendfile")
+HAVE_SPLICE = hasattr(os, "splice") and not PORTABLE
+HAVE_SENDFILE = hasattr(os, "sendfile") and not PORTABLE
 
 
 @dataclass
@@ -87,30 +88,6 @@ def write_all(fd: int, data) -> None:
 
 
 
-def _input_error(exc: OSError) -> PunchcatError:
-    return PunchcatError(f"cannot read input: {exc.strerror}")
-
-
-def _output_error(exc: OSError) -> PunchcatError:
-    return PunchcatError(f"cannot write output: {exc.strerror}")
-
-
-def _link_error(exc: OSError, doing: str) -> LinkLost:
-    return LinkLost(f"connection lost while {doing}: {exc.strerror}")
-
-
-class _Splicer:
-    """A pipe of our own, to splice between two ends that are not pipes."""
-
-    def __init__(self):
-        self.r, self.w = os.pipe()
-        grow_pipe(self.w, PIPE_SIZE)
-
-    def close(self) -> None:
-        os.close(self.r)
-        os.close(self.w)
-
-
 # -- input -> net -----------------------------------------------------------------
 
 def _up(channel, fd: int, stats: Stats) -> None:
@@ -132,7 +109,7 @@ def _up_copy(channel, fd: int, stats: Stats) -> None:
         try:
             data = os.read(fd, BUFSIZE)
         except OSError as exc:
-            raise _input_error(exc) from None
+            raise InputFailed.from_os(exc) from None
         if not data:
             return
         channel.sendall(data)
@@ -148,8 +125,8 @@ def _up_sendfile(channel, fd: int, stats: Stats) -> None:
             if exc.errno in (errno.EINVAL, errno.ENOSYS) and stats.sent == 0:
                 return _up_copy(channel, fd, stats)     # e.g. a file system without it
             if exc.errno == errno.EIO:
-                raise _input_error(exc) from None
-            raise _link_error(exc, "sending") from None
+                raise InputFailed.from_os(exc) from None
+            raise LinkLost.from_os(exc, "sending") from None
         if n == 0:
             return
         stats.sent += n
@@ -163,19 +140,19 @@ def _up_splice(channel, fd: int, stats: Stats, through_pipe: bool) -> None:
             try:
                 n = os.splice(fd, sock, CHUNK)
             except OSError as exc:
-                raise _link_error(exc, "sending") from None
+                raise LinkLost.from_os(exc, "sending") from None
             if n == 0:
                 return
             stats.sent += n
-    _splice_through(fd, sock, stats.count_sent, _input_error,
-                    lambda exc: _link_error(exc, "sending"))
+    _splice_through(fd, sock, stats.count_sent, InputFailed.from_os,
+                    lambda exc: LinkLost.from_os(exc, "sending"))
 
 
 def _splice_through(src: int, dst: int, count: Callable[[int], None],
                     src_error: Callable[[OSError], PunchcatError],
                     dst_error: Callable[[OSError], PunchcatError]) -> None:
     """Splice *src* to *dst* through a pipe of our own until *src* ends."""
-    mid = _Splicer()
+    mid = KernelPipe(PIPE_SIZE)
     try:
         while True:
             try:
@@ -204,7 +181,7 @@ def _down(channel, fd: int, leftover: bytes, stats: Stats,
         try:
             write_all(fd, leftover)
         except OSError as exc:
-            raise _output_error(exc) from None
+            raise OutputFailed.from_os(exc) from None
         stats.received += len(leftover)
     if channel.plain and HAVE_SPLICE and kind(fd) in ("pipe", "file", "socket"):
         _down_splice(channel, fd, stats)
@@ -226,7 +203,7 @@ def _down_copy(channel, fd: int, stats: Stats) -> None:
         try:
             write_all(fd, view[:n])
         except OSError as exc:
-            raise _output_error(exc) from None
+            raise OutputFailed.from_os(exc) from None
         stats.received += n
 
 
@@ -243,23 +220,23 @@ def _down_splice(channel, fd: int, stats: Stats) -> None:
     if kind(fd) == "pipe":
         grow_pipe(fd, PIPE_SIZE)
     _splice_through(channel.fileno(), fd, stats.count_received,
-                    lambda exc: _link_error(exc, "receiving"), _output_error)
+                    lambda exc: LinkLost.from_os(exc, "receiving"), OutputFailed.from_os)
 
 
 # -- both -------------------------------------------------------------------------
 
-def pipe(channel, source_fd: int, sink_fd: int, leftover: bytes = b"",
-         stats: Stats | None = None, sink_eof: Callable[[], None] | None = None,
-         tick: Callable[[Stats], None] | None = None) -> Stats:
+def relay(channel, source_fd: int, sink_fd: int, leftover: bytes = b"",
+          sink_eof: Callable[[], None] | None = None,
+          progress: Callable[[Stats], None] | None = None) -> Stats:
     """Relay until both directions are done; raises on the first failure.
 
     *source_fd* is read and sent to the peer (stdin, or a target socket);
     what the peer sends is written to *sink_fd* (stdout, or the same socket),
     starting with *leftover*.  *sink_eof* is called when the peer has ended
-    its side (to pass the half-close on to a socket).  *tick* is called about
-    twice a second while data moves (for a progress line).
+    its side (to pass the half-close on to a socket).  *progress* is called
+    about twice a second while data moves (for a progress line).
     """
-    stats = stats or Stats()
+    stats = Stats()
     results: queue.Queue = queue.Queue()
 
     def run(flow, *args) -> None:
@@ -284,8 +261,8 @@ def pipe(channel, source_fd: int, sink_fd: int, leftover: bytes = b"",
                     break
                 except queue.Empty:
                     check_interrupted()
-                    if tick is not None:
-                        tick(stats)
+                    if progress is not None:
+                        progress(stats)
             if exc is not None:
                 raise exc
     finally:

@@ -45,7 +45,7 @@ import ssl
 import struct
 import threading
 
-from .channel import Channel, lost, send_some
+from .channel import Channel, send_some
 from .errors import LinkLost, PunchcatError
 
 SUITE = "ADH-AES128-GCM-SHA256:@SECLEVEL=0"
@@ -189,7 +189,7 @@ class SecureChannel(Channel):
             try:
                 got = self.sock.recv_into(self._cipher)
             except OSError as exc:
-                raise lost(exc, "receiving") from None
+                raise LinkLost.from_os(exc, "receiving") from None
             self._feed(got)
         return total
 
@@ -198,7 +198,7 @@ class SecureChannel(Channel):
             try:
                 self.sock.sendall(self._seal(data))
             except OSError as exc:
-                raise lost(exc, "sending") from None
+                raise LinkLost.from_os(exc, "sending") from None
 
     def shutdown_write(self) -> None:
         """Send the authenticated end of stream (after anything still queued)."""
@@ -209,7 +209,7 @@ class SecureChannel(Channel):
             try:
                 self.sock.sendall(queued + self._seal(b""))
             except OSError as exc:
-                raise lost(exc, "sending") from None
+                raise LinkLost.from_os(exc, "sending") from None
 
     # -- non-blocking (mux event loop) ----------------------------------------------
     def read(self, size: int = 1 << 20) -> bytes | None:
@@ -228,7 +228,7 @@ class SecureChannel(Channel):
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                raise lost(exc, "receiving") from None
+                raise LinkLost.from_os(exc, "receiving") from None
             if got == 0 and total:
                 break                       # deliver what we have; the end comes next
             self._feed(got)

@@ -19,7 +19,7 @@ import pytest
 from punchcat.channel import PlainChannel
 from punchcat.errors import Interrupted, check_interrupted, on_signal, quiet_unraisable
 from punchcat.forward import serve
-from punchcat.relay import pipe
+from punchcat.relay import relay
 from punchcat.status import QUIET, Reporter
 
 
@@ -91,7 +91,7 @@ def test_an_idle_pipe_notices_a_dropped_signal():
     link, peer = socket.socketpair()
     source_r, source_w = socket.socketpair()    # stdin that stays silent
     sink_r, sink_w = socket.socketpair()
-    t, box = in_thread(lambda: pipe(PlainChannel(link), source_r.fileno(), sink_w.fileno(), b""))
+    t, box = in_thread(lambda: relay(PlainChannel(link), source_r.fileno(), sink_w.fileno(), b""))
     t.join(0.2)
     assert t.is_alive()
     Interrupted.pending = Interrupted(signal.SIGTERM, "SIGTERM")

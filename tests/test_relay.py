@@ -1,4 +1,4 @@
-"""The pipe over local sockets: both directions, half-close, every kind of input and output.
+"""The relay over local sockets: both directions, half-close, every kind of input and output.
 
 Each fast path (sendfile from a file, splice from/to a pipe, splice through a
 pipe of our own to a file or socket) and the plain copy (terminal, /dev/null,
@@ -14,8 +14,8 @@ import time
 import pytest
 
 from punchcat.channel import PlainChannel
-from punchcat.errors import LinkLost, PunchcatError
-from punchcat.relay import kind, pipe
+from punchcat.errors import LinkLost, OutputFailed
+from punchcat.relay import kind, relay
 
 
 def tcp_pair():
@@ -26,12 +26,12 @@ def tcp_pair():
     return client, server
 
 
-def run_pipe(sock, source_fd, sink_fd, leftover=b"", **kwargs):
+def run_relay(sock, source_fd, sink_fd, leftover=b"", **kwargs):
     box = {}
 
     def target():
         try:
-            box["stats"] = pipe(PlainChannel(sock), source_fd, sink_fd, leftover, **kwargs)
+            box["stats"] = relay(PlainChannel(sock), source_fd, sink_fd, leftover, **kwargs)
         except Exception as exc:  # noqa: BLE001 - reported to the test
             box["error"] = exc
     t = threading.Thread(target=target, daemon=True)
@@ -85,7 +85,7 @@ def test_file_in_file_out_both_directions(tmp_path, payload):
     (tmp_path / "in").write_bytes(up)
     ours, theirs = tcp_pair()
     with open(tmp_path / "in", "rb") as fin, open(tmp_path / "out", "wb") as fout:
-        t, box = run_pipe(ours, fin.fileno(), fout.fileno(), leftover=b"early:")
+        t, box = run_relay(ours, fin.fileno(), fout.fileno(), leftover=b"early:")
         sender = send_and_close(theirs, down)
         got = read_all(theirs)
         sender.join()
@@ -103,7 +103,7 @@ def test_file_input_from_its_current_offset(tmp_path):
     with open(tmp_path / "in", "rb") as fin:
         fin.readline()                       # the caller consumed the first line
         os.lseek(fin.fileno(), fin.tell(), os.SEEK_SET)
-        t, box = run_pipe(ours, fin.fileno(), out_w)
+        t, box = run_relay(ours, fin.fileno(), out_w)
         got = read_all(theirs)
         theirs.close()
         t.join(10)
@@ -116,7 +116,7 @@ def test_pipe_in_pipe_out_with_half_close(payload):
     ours, theirs = tcp_pair()
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
-    t, box = run_pipe(ours, in_r, out_w)
+    t, box = run_relay(ours, in_r, out_w)
     threading.Thread(target=lambda: (os.write(in_w, up[:10]), os.write(in_w, up[10:]),
                                      os.close(in_w)), daemon=True).start()
     got = read_all(theirs)                   # ends: stdin EOF became the peer's EOF
@@ -136,7 +136,7 @@ def test_a_typed_line_is_sent_at_once():
     ours, theirs = tcp_pair()
     master, slave = os.openpty()
     out_r, out_w = os.pipe()
-    t, box = run_pipe(ours, slave, out_w)
+    t, box = run_relay(ours, slave, out_w)
     os.write(master, b"hello there\n")
     theirs.settimeout(5)
     assert theirs.recv(100) == b"hello there\n"
@@ -150,7 +150,7 @@ def test_socket_to_socket_relay(payload):
     data_up, data_down = payload(3_000_000), payload(4_000_000)
     link_ours, link_theirs = tcp_pair()
     target_ours, target_theirs = tcp_pair()
-    t, box = run_pipe(link_ours, target_ours.fileno(), target_ours.fileno(),
+    t, box = run_relay(link_ours, target_ours.fileno(), target_ours.fileno(),
                       sink_eof=lambda: target_ours.shutdown(socket.SHUT_WR))
     s1 = send_and_close(target_theirs, data_up)
     s2 = send_and_close(link_theirs, data_down)
@@ -170,7 +170,7 @@ def test_slow_reader_loses_nothing(payload):
     in_r, in_w = os.pipe()
     os.close(in_w)
     out_r, out_w = os.pipe()
-    t, box = run_pipe(ours, in_r, out_w)
+    t, box = run_relay(ours, in_r, out_w)
     received: list = []
     reader = drain_fd(out_r, received, chunk=4096, pause=0.0005)
     send_and_close(theirs, data).join()
@@ -184,7 +184,7 @@ def test_slow_reader_loses_nothing(payload):
 def test_dev_null_in_and_out():
     ours, theirs = tcp_pair()
     with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
-        t, box = run_pipe(ours, null_in.fileno(), null_out.fileno())
+        t, box = run_relay(ours, null_in.fileno(), null_out.fileno())
         assert read_all(theirs) == b""
         theirs.sendall(b"into the void")
         theirs.close()
@@ -193,15 +193,20 @@ def test_dev_null_in_and_out():
     assert box["stats"].received == len(b"into the void")
 
 
-def test_reset_by_peer_is_a_link_error():
+@pytest.mark.parametrize("output", ["pipe", "devnull"], ids=["splice", "copy"])
+def test_reset_by_peer_is_the_same_link_error_on_every_path(output):
     ours, theirs = tcp_pair()
     in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    t, box = run_pipe(ours, in_r, out_w)
+    if output == "pipe":
+        out_r, out_w = os.pipe()
+    else:
+        out_w = os.open(os.devnull, os.O_WRONLY)
+    t, box = run_relay(ours, in_r, out_w)
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     theirs.close()                                      # RST
     t.join(10)
     assert isinstance(box.get("error"), LinkLost)
+    assert str(box["error"]) == "connection lost while receiving: Connection reset by peer"
 
 
 def test_closed_stdout_is_an_output_error(payload):
@@ -209,11 +214,11 @@ def test_closed_stdout_is_an_output_error(payload):
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     os.close(out_r)                                     # nobody reads stdout
-    t, box = run_pipe(ours, in_r, out_w)
+    t, box = run_relay(ours, in_r, out_w)
     send_and_close(theirs, payload(100_000))
     t.join(10)
-    assert isinstance(box.get("error"), PunchcatError)
-    assert "output" in str(box["error"])
+    assert isinstance(box.get("error"), OutputFailed)
+    assert str(box["error"]) == "cannot write output: Broken pipe"
 
 
 @pytest.mark.parametrize("leftover", [b"", b"$-follows"])
@@ -222,7 +227,7 @@ def test_unix_socketpair_channel(leftover):
     ours, theirs = socket.socketpair()
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
-    t, box = run_pipe(ours, in_r, out_w, leftover=leftover)
+    t, box = run_relay(ours, in_r, out_w, leftover=leftover)
     os.write(in_w, b"abc")
     os.close(in_w)
     assert read_all(theirs) == b"abc"
@@ -243,7 +248,7 @@ def test_request_and_answer_through_a_stdout_pipe():
     ours, theirs = tcp_pair()
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
-    t, box = run_pipe(ours, in_r, out_w)
+    t, box = run_relay(ours, in_r, out_w)
     for turn in range(3):
         theirs.sendall(b"question %d\n" % turn)
         got = {}
