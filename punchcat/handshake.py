@@ -30,7 +30,9 @@ earlier sessions between the same hosts, a router's connection tracking can
 pass one direction of a fresh connection and not the other).  The leader
 commits to the first connection on which that ``+`` arrives by sending the
 single byte ``$`` on it (the article's confirmation) and closes the others
-(with a reset rather than the article's clean close: see :func:`abort`).
+(with a reset rather than the article's clean close: the side that closes
+cleanly first keeps each loser in TIME_WAIT for a minute, and a new session
+between the same hosts could not use those ports).
 The follower sends nothing after ``+`` until ``$`` arrives; the connection
 on which it arrives is the winner, and the follower closes the others.
 User data follows ``$`` immediately in both directions, so agreeing costs
@@ -38,22 +40,18 @@ half a round trip beyond the hellos.
 
 This module is sans-IO: :class:`Election` is fed the bytes received on each
 connection and answers with events (:class:`Send`, :class:`Drop`,
-:class:`Won`) for the caller to carry out.  :func:`establish` is the thin
-I/O layer that runs it over the sockets the punch produces.
+:class:`Won`) for the caller to carry out.  :func:`punchcat.agree.agree` is
+the thin I/O layer that runs it over the connections the punch produces.
 """
 
 from __future__ import annotations
 
 import enum
 import os
-import selectors
-import socket
-import struct
-import time
 from dataclasses import dataclass
 from typing import Hashable
 
-from .errors import NoConnection, RemoteProtocolError, check_interrupted
+from .errors import RemoteProtocolError
 
 MAGIC = b"PUNCHCAT"
 VERSION = 1
@@ -61,8 +59,6 @@ COMMIT = b"$"
 ACK = b"+"
 ID_LEN = 16
 HELLO_LEN = len(MAGIC) + 3 + ID_LEN
-#: A connection whose hello has not arrived after this long is dropped.
-HELLO_TIMEOUT = 5.0
 
 
 class Mode(enum.IntEnum):
@@ -183,7 +179,7 @@ class Election:
         self._bufs[conn] = bytearray()
         return [Send(conn, self.local.encode())]
 
-    def lost(self, conn: Hashable) -> list:
+    def closed(self, conn: Hashable) -> list:
         """A connection closed or failed.  If the leader had committed to it
         (the ``$`` could not be sent), the election resumes with the others."""
         self._bufs.pop(conn, None)
@@ -215,12 +211,12 @@ class Election:
             try:
                 peer = parse_hello(buf)
             except NotPunchcat as exc:
-                self.lost(conn)
+                self.closed(conn)
                 return [Drop(conn, str(exc))]
             if peer is None:
                 return []
             if peer.side_id == self.local.side_id:
-                self.lost(conn)
+                self.closed(conn)
                 return [Drop(conn, "connected to itself")]
             check_compatible(self.local, peer)
             self._peers[conn] = peer
@@ -233,128 +229,13 @@ class Election:
             if not buf:
                 return events
             if bytes(buf) != ACK:
-                self.lost(conn)
+                self.closed(conn)
                 return [Drop(conn, "peer sent data before the commit")]
             return events + self._commit(conn, peer)
         if not buf:
             return events
         if buf[:1] != COMMIT:
-            self.lost(conn)
+            self.closed(conn)
             return [Drop(conn, "peer sent data before the commit")]
         self.winner = Won(conn, peer, bytes(buf[1:]))
         return events + [self.winner]
-
-
-@dataclass
-class Link:
-    """The agreed connection, ready for user data."""
-
-    sock: socket.socket
-    local: Hello
-    peer: Hello
-    leader: bool
-    leftover: bytes
-
-
-def establish(puncher, local: Hello, deadline: float, reporter) -> Link:
-    """Run the punch and the election until one verified connection is agreed.
-
-    *puncher* produces established sockets (see :mod:`punchcat.punch`);
-    *deadline* is a ``time.monotonic()`` instant after which we give up.
-    Every socket that does not win is closed here.
-    """
-    election = Election(local)
-    sel = selectors.DefaultSelector()
-    conns: dict[socket.socket, float] = {}  # connection -> hello deadline
-
-    def close(sock: socket.socket) -> None:
-        conns.pop(sock, None)
-        followups = election.lost(sock)
-        try:
-            sel.unregister(sock)
-        except (KeyError, ValueError):
-            pass
-        abort(sock)
-        carry_out(followups)
-
-    def carry_out(events) -> None:
-        for ev in events:
-            if isinstance(ev, Send):
-                try:
-                    ev.conn.sendall(ev.data)
-                except OSError as exc:
-                    reporter.info(f"connection {_name(ev.conn)} failed: {exc.strerror}")
-                    close(ev.conn)
-            elif isinstance(ev, Drop):
-                reporter.info(f"dropped connection {_name(ev.conn)}: {ev.reason}")
-                close(ev.conn)
-
-    try:
-        puncher.start(sel)
-        while election.winner is None:
-            check_interrupted()
-            now = time.monotonic()
-            if now >= deadline:
-                raise NoConnection(puncher.failure_hint())
-            for sock in [s for s, t in conns.items() if t <= now]:
-                reporter.info(f"dropped connection {_name(sock)}: no hello within {HELLO_TIMEOUT:g} s")
-                close(sock)
-            wake = min([deadline, puncher.wakeup(), *conns.values()])
-            completed = []
-            for key, _mask in sel.select(max(0.0, wake - time.monotonic())):
-                if key.data is not None:            # a punch socket
-                    completed += puncher.handle(key)
-                    continue
-                sock = key.fileobj                  # a candidate connection
-                try:
-                    data = sock.recv(4096)
-                except OSError as exc:
-                    reporter.info(f"connection {_name(sock)} failed: {exc.strerror}")
-                    close(sock)
-                    continue
-                if not data:
-                    reporter.info(f"connection {_name(sock)} closed by the other end")
-                    close(sock)
-                    continue
-                carry_out(election.received(sock, data))
-            for sock in completed + puncher.tick():
-                reporter.info(f"connection {_name(sock)} established")
-                sock.setblocking(False)
-                conns[sock] = time.monotonic() + HELLO_TIMEOUT
-                sel.register(sock, selectors.EVENT_READ)
-                carry_out(election.opened(sock))
-        won = election.winner
-        reporter.info(f"winner: {_name(won.conn)} "
-                      f"({'leader' if election.leads(won.peer) else 'follower'})")
-        sel.unregister(won.conn)
-        conns.pop(won.conn)
-        won.conn.setblocking(True)
-        return Link(won.conn, local, won.peer, election.leads(won.peer), won.leftover)
-    finally:
-        for sock in list(conns):
-            close(sock)
-        puncher.close()
-        sel.close()
-
-
-def abort(sock: socket.socket) -> None:
-    """Close a connection that did not win, with a reset.
-
-    The article closes the losers cleanly (FIN), but then the side that
-    closes first keeps each of them in TIME_WAIT for a minute, and a new
-    session between the same hosts cannot use those ports: measured, a
-    chain of sessions slowed down to seconds.  A reset leaves no TIME_WAIT.
-    """
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
-
-
-def _name(sock: socket.socket) -> str:
-    try:
-        local, remote = sock.getsockname(), sock.getpeername()
-        return f"{local[1]}->{remote[0]}:{remote[1]}"
-    except OSError:
-        return "(closed)"

@@ -109,7 +109,7 @@ def test_leader_recommits_when_its_choice_fails():
     e.received("c1", LOW.encode() + ACK)
     e.received("c2", LOW.encode() + ACK)     # verified both ways but not chosen
     assert e.winner.conn == "c1"
-    assert e.lost("c1") == [Send("c2", COMMIT), Won("c2", LOW, b"")]
+    assert e.closed("c1") == [Send("c2", COMMIT), Won("c2", LOW, b"")]
 
 
 def test_unknown_mode_stops_the_election():

@@ -1,0 +1,144 @@
+"""Punch and agree: run the techniques and the election until one connection wins.
+
+One selector holds the techniques' sockets (their key data is a
+:class:`~punchcat.traverse.Registration`) and the connections they handed
+over (data None).  Each handed-over connection is greeted and fed to the
+sans-IO :class:`~punchcat.handshake.Election`; this loop only carries out
+its events.  Every connection that does not win is closed here, with a
+reset (see :func:`punchcat.sockopts.reset_close`).
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import time
+from dataclasses import dataclass
+
+from . import sockopts
+from .errors import NoConnection, check_interrupted
+from .handshake import Drop, Election, Hello, Send
+from .traverse import Registration, Technique
+from .traverse.diagnosis import Observations, explain
+
+#: A connection whose hello has not arrived after this long is dropped.
+HELLO_TIMEOUT = 5.0
+#: The status line is redrawn this often.
+STATUS_INTERVAL = 1.0
+
+
+@dataclass
+class Link:
+    """The agreed connection, ready for user data."""
+
+    sock: socket.socket
+    local: Hello
+    peer: Hello
+    leader: bool
+    leftover: bytes       # user data that arrived with the commit
+
+
+def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
+          seen: Observations) -> Link:
+    """Run *techniques* and the election until one verified connection is agreed.
+
+    *deadline* is a ``time.monotonic()`` instant after which we give up with
+    :class:`NoConnection`, explained from *seen*.
+    """
+    election = Election(local)
+    sel = selectors.DefaultSelector()
+    conns: dict[socket.socket, float] = {}  # connection -> hello deadline
+
+    def close(sock: socket.socket) -> None:
+        conns.pop(sock, None)
+        followups = election.closed(sock)
+        try:
+            sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        sockopts.reset_close(sock)
+        carry_out(followups)
+
+    def carry_out(events) -> None:
+        for ev in events:
+            if isinstance(ev, Send):
+                try:
+                    ev.conn.sendall(ev.data)
+                except OSError as exc:
+                    reporter.info(f"connection {_name(ev.conn)} failed: {exc.strerror}")
+                    close(ev.conn)
+            elif isinstance(ev, Drop):
+                reporter.info(f"dropped connection {_name(ev.conn)}: {ev.reason}")
+                close(ev.conn)
+
+    try:
+        now = time.monotonic()
+        for technique in techniques:
+            technique.start(sel, now)
+        next_status = now
+        while election.winner is None:
+            check_interrupted()
+            now = time.monotonic()
+            if now >= deadline:
+                raise NoConnection(explain(seen))
+            for sock in [s for s, t in conns.items() if t <= now]:
+                reporter.info(f"dropped connection {_name(sock)}: no hello within {HELLO_TIMEOUT:g} s")
+                close(sock)
+            if now >= next_status:
+                next_status = now + STATUS_INTERVAL
+                reporter.status(f"punchcat: waiting for {seen.peer} on "
+                                f"{' and '.join(t.status() for t in techniques)}: "
+                                f"{max(0.0, deadline - now):.0f} s left")
+            wake = min([deadline, next_status, *(t.wakeup() for t in techniques),
+                        *conns.values()])
+            completed = []
+            for key, _mask in sel.select(max(0.0, wake - time.monotonic())):
+                if isinstance(key.data, Registration):       # a technique's socket
+                    sock = key.data.technique.ready(key.data.tag, key.fileobj, time.monotonic())
+                    if sock is not None:
+                        completed.append(sock)
+                    continue
+                sock = key.fileobj                            # a candidate connection
+                try:
+                    data = sock.recv(4096)
+                except OSError as exc:
+                    reporter.info(f"connection {_name(sock)} failed: {exc.strerror}")
+                    close(sock)
+                    continue
+                if not data:
+                    reporter.info(f"connection {_name(sock)} closed by the other end")
+                    close(sock)
+                    continue
+                carry_out(election.received(sock, data))
+            now = time.monotonic()
+            for technique in techniques:
+                if completed:
+                    technique.pause(now)
+                technique.tick(now)
+            for sock in completed:
+                reporter.info(f"connection {_name(sock)} established")
+                conns[sock] = now + HELLO_TIMEOUT
+                sel.register(sock, selectors.EVENT_READ)
+                carry_out(election.opened(sock))
+        won = election.winner
+        leader = election.leads(won.peer)
+        reporter.info(f"winner: {_name(won.conn)} ({'leader' if leader else 'follower'})")
+        sel.unregister(won.conn)
+        conns.pop(won.conn)
+        won.conn.setblocking(True)
+        return Link(won.conn, local, won.peer, leader, won.leftover)
+    finally:
+        for sock in list(conns):
+            close(sock)
+        for technique in techniques:
+            technique.close()
+        reporter.clear()
+        sel.close()
+
+
+def _name(sock: socket.socket) -> str:
+    try:
+        local, remote = sock.getsockname(), sock.getpeername()
+        return f"{local[1]}->{remote[0]}:{remote[1]}"
+    except OSError:
+        return "(closed)"
