@@ -15,9 +15,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from punchcat.lab import PUNCHCAT, Lab, endless_input  # noqa: E402
+from punchcat.lab import PUNCHCAT, Lab, endless_input
 
 def measure(keepalive: float, busy: bool) -> tuple[float, float, int, int]:
     with Lab() as lab:

@@ -24,10 +24,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from punchcat.lab import Lab, Side, occupy_ports, run_pair  # noqa: E402
-from punchcat.schedule import active_ports  # noqa: E402
+from punchcat.lab import Lab, Side, occupy_ports, run_pair
+from punchcat.schedule import active_ports
 
 PAYLOAD = 64 * 1024
 

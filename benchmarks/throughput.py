@@ -34,10 +34,9 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
+from punchcat.lab import PUNCHCAT, Lab
 
-from punchcat.lab import PUNCHCAT, Lab  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 PORT = 5001
 SINK = [sys.executable, os.path.join(HERE, "sink.py")]

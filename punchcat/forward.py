@@ -16,20 +16,23 @@ import errno
 import os
 import selectors
 import socket
-import struct
 
-from .channel import SPLICE_F_NONBLOCK, Pipe, Spliced
-from .errors import LinkLost, check_interrupted
+from . import sockopts
+from .channel import SPLICE_F_NONBLOCK, Spliced, Spool
+from .endpoints import Endpoint
+from .errors import PunchcatError, check_interrupted
 from .mux import MAX_PAYLOAD, Credit, Data, Eof, Mux, Opened, Reset
+from .relay import HAVE_SPLICE, Stats, relay
 
 #: Keep the link's queue topped up to about this many bytes.
 LINK_LOW_WATER = 2 * MAX_PAYLOAD
 #: Unsent bytes the kernel may hold for the link (TCP_NOTSENT_LOWAT): small,
 #: so that the mux, not the kernel, decides what goes next.
 NOTSENT_LOWAT = 256 * 1024
-TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 #: The loop wakes at least this often, to notice a signal (errors.check_interrupted).
 CHECK_INTERVAL = 1.0
+#: How long -c waits for its target to accept a raw session.
+CONNECT_TIMEOUT = 10.0
 
 
 class _Local:
@@ -47,14 +50,19 @@ class _Local:
         self.peer_eof = False        # the peer sent EOF
         self.write_done = False      # we shut down our write side locally
         self.events = 0              # what the selector watches for
-        self.tx: Pipe | None = None  # bytes read from the local end, on their way (splice)
+        self.tx: Spool | None = None  # bytes read from the local end, on their way (splice)
 
 
 class Forwarder:
-    """Serve sessions over *channel* until the link ends."""
+    """Serve sessions over *channel* until the link ends.
+
+    Over 200 lines because it is one event loop: the link, the listener and
+    every local connection share its selector and its interest sets; the
+    protocol itself lives in :class:`~punchcat.mux.Mux`.
+    """
 
     def __init__(self, channel, opener: bool, reporter, listener: socket.socket | None = None,
-                 target: tuple[str, int] | None = None):
+                 target: Endpoint | None = None):
         self.channel = channel
         self.mux = Mux(opener)
         self.reporter = reporter
@@ -66,16 +74,13 @@ class Forwarder:
         self.sessions_served = 0
         # On a plain link, a session's bytes go from the local socket to the
         # link through a pipe of ours, by splice, never through our memory.
-        self.zero_copy = getattr(channel, "plain", False) and hasattr(os, "splice")
+        self.zero_copy = getattr(channel, "plain", False) and HAVE_SPLICE
 
     # -- the loop -----------------------------------------------------------
     def run(self) -> None:
         sock = self.channel.sock
         sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
-        except OSError:
-            pass
+        sockopts.limit_unsent(sock, NOTSENT_LOWAT)
         self.sel.register(sock, selectors.EVENT_READ, "link")
         self.link_events = selectors.EVENT_READ
         if self.listener is not None:
@@ -125,9 +130,13 @@ class Forwarder:
             if not data:
                 self.reporter.info("the peer closed the link")
                 return False
-            for event in self.mux.receive(data):
-                self._mux_event(event)
+            self.feed(data)
         return True
+
+    def feed(self, data) -> None:
+        """Bytes from the link (also what arrived with the commit)."""
+        for event in self.mux.receive(data):
+            self._mux_event(event)
 
     def _mux_event(self, event) -> None:
         if isinstance(event, Opened):
@@ -166,21 +175,20 @@ class Forwarder:
             self._add_local(_Local(sock, sid))
 
     def _connect_target(self, sid: int) -> None:
-        host, port = self.target
+        target = self.target
         try:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = socket.socket(target.family, socket.SOCK_STREAM)
             sock.setblocking(False)
-            err = sock.connect_ex((host, port))
+            err = sock.connect_ex((target.host, target.port))
         except OSError as exc:
-            self.mux.reset(sid, f"cannot connect to {host}:{port}: {exc.strerror}")
+            self.mux.reset(sid, f"cannot connect to {target}: {exc.strerror}")
             return
         if err not in (0, errno.EINPROGRESS):
             sock.close()
-            self.mux.reset(sid, f"cannot connect to {host}:{port}: {errno.errorcode.get(err, err)}")
+            self.mux.reset(sid, f"cannot connect to {target}: {errno.errorcode.get(err, err)}")
             return
         self.sessions_served += 1
-        self.reporter.info(f"session {sid} to {host}:{port}")
+        self.reporter.info(f"session {sid} to {target}")
         self._add_local(_Local(sock, sid, connecting=True))
 
     def _add_local(self, local: _Local) -> None:
@@ -215,10 +223,9 @@ class Forwarder:
         if local.connecting:
             err = local.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                host, port = self.target
-                self.reporter.info(f"session {local.sid}: cannot connect to {host}:{port}: "
+                self.reporter.info(f"session {local.sid}: cannot connect to {self.target}: "
                                    f"{errno.errorcode.get(err, err)}")
-                self._close_local(local, abort=False, reason=f"cannot connect to {host}:{port}")
+                self._close_local(local, abort=False, reason=f"cannot connect to {self.target}")
                 return
             local.connecting = False
             self._write_local(local)
@@ -235,7 +242,7 @@ class Forwarder:
         try:
             if self.zero_copy:
                 if local.tx is None:
-                    local.tx = Pipe()
+                    local.tx = Spool()
                 want = min(credit, MAX_PAYLOAD, local.tx.room())
                 if want <= 0:
                     return
@@ -295,16 +302,16 @@ class Forwarder:
             self.sel.unregister(local.sock)
             local.events = 0
         if abort:
-            # A reset, so the local application sees the abort, as over TCP.
-            local.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        local.sock.close()
+            sockopts.reset_close(local.sock)   # the local application sees the abort
+        else:
+            local.sock.close()
         if local.tx is not None:
             local.tx.release()           # closed once queued frames have left
         if tell_peer and (abort or reason):
             self.mux.reset(local.sid, reason)
 
 
-def serve(channel, opener: bool, reporter, listener=None, target=None,
+def serve(channel, opener: bool, reporter, listener=None, target: Endpoint | None = None,
           initial: bytes = b"") -> int:
     """Run the forwarder until the link ends; returns how many sessions it served.
 
@@ -313,17 +320,25 @@ def serve(channel, opener: bool, reporter, listener=None, target=None,
     """
     forwarder = Forwarder(channel, opener, reporter, listener=listener, target=target)
     try:
-        for event in forwarder.mux.receive(initial):
-            forwarder._mux_event(event)
+        forwarder.feed(initial)
         forwarder.run()
     finally:
-        # Tell the peer the link ends here (authenticated with a secret), so
-        # an interrupt is not mistaken for a cut connection.
-        try:
-            channel.sock.settimeout(1.0)
-            channel.shutdown_write()
-        except (OSError, LinkLost):
-            pass
-        channel.close()
+        channel.finish()
     return forwarder.sessions_served
 
+
+def serve_raw(channel, target: Endpoint, reporter, initial: bytes = b"") -> Stats:
+    """-c against a peer in pipe mode (ssh's ProxyCommand): one session,
+    relayed raw between the link and a connection to *target*."""
+    try:
+        local = socket.create_connection((target.host, target.port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        channel.close()
+        raise PunchcatError(f"cannot connect to {target}: {exc.strerror or exc}") from None
+    local.settimeout(None)
+    reporter.info(f"session to {target}")
+    try:
+        return relay(channel, local.fileno(), local.fileno(), initial,
+                     sink_eof=lambda: local.shutdown(socket.SHUT_WR))
+    finally:
+        local.close()

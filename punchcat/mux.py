@@ -104,7 +104,11 @@ class _Session:
 
 
 class Mux:
-    """One side of the multiplexer (see the module docstring)."""
+    """One side of the multiplexer (see the module docstring).
+
+    Over 200 lines because it is one state machine (the sessions, their
+    windows and the fair send queue), which reads best in one place.
+    """
 
     def __init__(self, opener: bool):
         self.opener = opener

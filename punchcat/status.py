@@ -25,10 +25,6 @@ class Reporter:
         self._status_shown = False
         self._lock = threading.Lock()
 
-    @property
-    def verbose(self) -> bool:
-        return self.level >= VERBOSE
-
     def _write(self, text: str) -> None:
         try:
             self.stream.write(text)
@@ -47,7 +43,7 @@ class Reporter:
         """One line ``punchcat: message``, shown at every level."""
         self._line(f"punchcat: {message}")
 
-    def always(self, message: str) -> None:
+    def notice(self, message: str) -> None:
         """A line asked for explicitly (e.g. --stats), shown unless -q."""
         if self.level >= NORMAL:
             self._line(f"punchcat: {message}")
@@ -71,3 +67,30 @@ class Reporter:
             if self._status_shown:
                 self._write("\r\x1b[K")
                 self._status_shown = False
+
+
+def human(n: float) -> str:
+    """A byte count for people: 512 B, 1.5 KiB, 3.2 MiB, 1.0 GiB."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"
+
+
+def describe(stats) -> str:
+    """The --stats line for a transfer (a :class:`punchcat.relay.Stats`)."""
+    rate = (stats.sent + stats.received) / max(stats.duration, 1e-6)
+    return (f"sent {stats.sent} bytes, received {stats.received} bytes in "
+            f"{stats.duration:.2f} s ({human(rate)}/s)")
+
+
+def show_progress(reporter: Reporter, stats) -> None:
+    """The live progress line (terminal stderr only), once a transfer lasts."""
+    if stats.duration < 1.0:
+        return
+    rate = (stats.sent + stats.received) / stats.duration
+    reporter.status(f"punchcat: sent {human(stats.sent)}, received {human(stats.received)}, "
+                    f"{human(rate)}/s, {stats.duration:.0f} s")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-LAB = [sys.executable, "-m", "punchcat.lab_cli"]
+LAB = [sys.executable, "-m", "punchcat.lab.cli"]
 
 
 def namespaces() -> set[str]:

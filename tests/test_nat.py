@@ -66,7 +66,6 @@ for port in map(int, sys.argv[2:]):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", port)); s.listen(); sel.register(s, selectors.EVENT_READ, "listen")
 print("ready", flush=True)
-log = open(sys.argv[0] if False else "/dev/stderr", "w")
 while True:
     for key, _ in sel.select():
         if key.data == "listen":

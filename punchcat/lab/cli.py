@@ -10,8 +10,10 @@ from typing import Optional
 
 import typer
 
-from .errors import Interrupted, catch_signals, check_interrupted
-from .lab import ANSWERS, NAT_MODES, Lab, LabUnavailable, Run, Side, missing_prerequisites, run_pair
+from ..entry import run_app
+from ..errors import PunchcatError, check_interrupted
+from .net import ANSWERS, NAT_MODES, Lab, Side, missing_prerequisites
+from .pairs import Run, run_pair
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,8 +69,12 @@ def punchcat_lab(
         raise typer.BadParameter("--delay must not be negative and --timeout must be positive")
     missing = missing_prerequisites()
     if missing:
-        _fail("needs " + ", ".join(missing))
-    sent = {"a": file.read_bytes() if file else f"{message} (from a)\n".encode(),
+        raise PunchcatError("needs " + ", ".join(missing))
+    try:
+        payload = file.read_bytes() if file else f"{message} (from a)\n".encode()
+    except OSError as exc:
+        raise PunchcatError(f"cannot read {file}: {exc.strerror}") from None
+    sent = {"a": payload,
             "b": f"{message} (from b)\n".encode()}
     out = sys.stdout
     with Lab(Side(nat_a, answer_a), Side(nat_b, answer_b)) as lab:
@@ -107,32 +113,9 @@ def punchcat_lab(
         raise typer.Exit(1)
 
 
-def _fail(message: str) -> None:
-    print(f"punchcat-lab: {message}", file=sys.stderr)
-    raise typer.Exit(1)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``punchcat-lab``; the lab is torn down on every way out."""
-    catch_signals()
-    try:
-        status = app(args=argv, prog_name="punchcat-lab", standalone_mode=False)
-    except typer.Exit as exc:
-        return exc.exit_code
-    except Interrupted as exc:
-        print("punchcat-lab: interrupted; the lab was torn down", file=sys.stderr)
-        return exc.exit_code
-    except LabUnavailable as exc:
-        print(f"punchcat-lab: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"punchcat-lab: {exc}", file=sys.stderr)
-        return 1
-    except typer.TyperException as exc:
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"punchcat-lab: {message} (see punchcat-lab --help)", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
-    return status if isinstance(status, int) else 0
+    return run_app(app, "punchcat-lab", argv, interrupted="interrupted; the lab was torn down")
 
 
 if __name__ == "__main__":

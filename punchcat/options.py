@@ -1,0 +1,88 @@
+"""The command line, checked once and frozen into :class:`Options`.
+
+:func:`parse` holds every check of the command line in one block (as nc
+does) and resolves the addresses, so that every usage error is found here,
+before any packet is sent.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from dataclasses import dataclass
+
+from .endpoints import Address, Endpoint, endpoint, resolve
+from .errors import PunchcatError, UsageError
+from .handshake import Mode
+from .secure import read_secret_file
+from .status import NORMAL, QUIET, VERBOSE
+
+MAX_PORTS = 100
+MAX_CLOCK_ERROR = 3600.0
+DEFAULT_KEEPALIVE = 60.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """One run of punchcat, as the command line asks for it."""
+
+    peer: Address | None             # None only with --plan
+    mode: Mode
+    listen: Endpoint | None          # -L
+    connect: Endpoint | None         # -c
+    keep_open: bool
+    secret: str | None
+    timeout: float
+    keepalive: float
+    clock_error: float
+    run_window: float
+    ports: int
+    stats: bool
+    level: int                       # QUIET, NORMAL or VERBOSE (punchcat.status)
+    plan: bool
+
+
+def parse(*, peer: str | None, timeout: float, clock_error: float, run_window: float,
+          ports: int, listen: str | None, connect: str | None, keep_open: bool,
+          secret: str | None, secret_file: str | None, stats: bool, keepalive: float,
+          ipv4: bool, ipv6: bool, plan: bool, verbose: bool, quiet: bool) -> Options:
+    """Check the command line; raise :class:`UsageError` with one line if it cannot work."""
+    if verbose and quiet:
+        raise UsageError("-v and -q cannot be used together")
+    if not 0 < ports <= MAX_PORTS:
+        raise UsageError(f"--ports must be between 1 and {MAX_PORTS}")
+    if not timeout > 0 or not math.isfinite(timeout):
+        raise UsageError("--timeout must be more than 0 seconds")
+    if not keepalive > 0 or not math.isfinite(keepalive):
+        raise UsageError("--keepalive must be more than 0 seconds")
+    if ipv4 and ipv6:
+        raise UsageError("-4 and -6 cannot be used together")
+    if not 0 <= clock_error <= MAX_CLOCK_ERROR:
+        raise UsageError(f"--clock-error must be between 0 and {MAX_CLOCK_ERROR:g} seconds")
+    if not run_window >= 0 or not math.isfinite(run_window):
+        raise UsageError("--run-window must not be negative")
+    if peer is None and not plan:
+        raise UsageError("missing PEER: the other host's public IP address")
+    if listen is not None and connect is not None:
+        raise UsageError("-L and -c cannot be used together")
+    if keep_open and listen is None and connect is None:
+        raise UsageError("-k needs -L or -c")
+    if secret is not None and secret_file is not None:
+        raise UsageError("give the secret once: -s/PUNCHCAT_SECRET or --secret-file")
+    if secret_file is not None:
+        try:
+            secret = read_secret_file(secret_file)
+        except PunchcatError as exc:
+            raise UsageError(str(exc)) from None
+    if secret is not None and not secret:
+        raise UsageError("the secret is empty")
+
+    family = socket.AF_INET if ipv4 else socket.AF_INET6 if ipv6 else socket.AF_UNSPEC
+    address = resolve(peer, family=family) if peer is not None and not plan else None
+    target = endpoint(connect, "-c", "-c host") if connect is not None else None
+    local = endpoint(listen, "-L", "-L address") if listen is not None else None
+    mode = Mode.LISTEN if local else Mode.CONNECT if target else Mode.PIPE
+    return Options(peer=address, mode=mode, listen=local, connect=target, keep_open=keep_open,
+                   secret=secret, timeout=timeout, keepalive=keepalive,
+                   clock_error=clock_error, run_window=run_window, ports=ports, stats=stats,
+                   level=VERBOSE if verbose else QUIET if quiet else NORMAL, plan=plan)

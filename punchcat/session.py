@@ -1,0 +1,128 @@
+"""One punchcat run: punch → agree → channel → relay or forward, and the ``-k`` loop.
+
+The flow runs one way: the techniques (:mod:`punchcat.traverse`) produce
+connections, :func:`punchcat.agree.agree` elects one, :func:`open_channel`
+makes it a channel (plain, or authenticated and encrypted with a secret),
+and :func:`use_link` moves data over it as this side's mode says.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+from . import sockopts
+from .agree import Link, agree
+from .channel import PlainChannel
+from .endpoints import listen_socket
+from .errors import Interrupted, PunchcatError, UsageError, check_interrupted
+from .forward import serve, serve_raw
+from .handshake import FLAG_SECRET, Hello, Mode
+from .options import Options
+from .relay import relay
+from .schedule import article_plan
+from .secure import secure
+from .status import VERBOSE, Reporter, describe, show_progress
+from .traverse import Technique
+from .traverse.diagnosis import Observations
+from .traverse.sentinel import SentinelPunch
+
+#: Seconds added to the clock, for testing clock skew (not a user option).
+CLOCK_OFFSET_ENV = "PUNCHCAT_CLOCK_OFFSET"
+
+
+def clock() -> float:
+    """Unix time, shifted by $PUNCHCAT_CLOCK_OFFSET when testing skew."""
+    raw = os.environ.get(CLOCK_OFFSET_ENV, "0") or "0"
+    try:
+        offset = float(raw)
+    except ValueError:
+        offset = math.nan
+    if not math.isfinite(offset):
+        raise UsageError(f"{CLOCK_OFFSET_ENV} must be a number of seconds, not {raw!r}")
+    return time.time() + offset
+
+
+def run(opts: Options, reporter: Reporter) -> None:
+    """Punch, agree and use the link; with ``-k`` again and again until interrupted."""
+    listener = listen_socket(opts.listen) if opts.listen is not None else None
+    try:
+        now = clock()
+        plan = article_plan(now, opts.clock_error, opts.run_window, opts.ports)
+        reporter.info(f"bucket {plan.bucket} (the article's rendezvous would be in "
+                      f"{plan.rendezvous - now:.0f} s), ports {' '.join(map(str, plan.ports))}")
+        while True:
+            started = time.monotonic()
+            try:
+                link = punch(opts, reporter, started + opts.timeout)
+                reporter.info(f"connected to {opts.peer.host} in "
+                              f"{time.monotonic() - started:.2f} s")
+                sockopts.prepare_link(link.sock, opts.keepalive)
+                use_link(link, opts, reporter, listener)
+            except PunchcatError as exc:
+                if not opts.keep_open or isinstance(exc, Interrupted):
+                    raise
+                reporter.error(str(exc))
+            if not opts.keep_open:
+                return
+            check_interrupted()
+            reporter.info("link ended; punching again (-k)")
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def techniques(opts: Options, reporter: Reporter, seen: Observations) -> list[Technique]:
+    """The punch techniques of one session, all run at once."""
+    peer = opts.peer
+    return [SentinelPunch(peer.family, peer.host, clock, opts.clock_error, opts.run_window,
+                          opts.ports, reporter, seen)]
+
+
+def punch(opts: Options, reporter: Reporter, deadline: float) -> Link:
+    """Run the techniques until one verified connection is agreed."""
+    seen = Observations(opts.peer.host, opts.peer.family, opts.clock_error)
+    hello = Hello.fresh(opts.mode, FLAG_SECRET if opts.secret else 0)
+    return agree(techniques(opts, reporter, seen), hello, deadline, reporter, seen)
+
+
+def open_channel(link: Link, secret: str | None, reporter: Reporter):
+    """The agreed connection as a channel, and the user data that came with
+    the commit: authenticated and encrypted with a secret."""
+    if not secret:
+        reporter.info("the link is not encrypted (no secret)")
+        return PlainChannel(link.sock), link.leftover
+    channel = secure(link.sock, secret, link.leader, link.local.encode(), link.peer.encode(),
+                     link.leftover, (link.local.side_id, link.peer.side_id))
+    reporter.info("secret proven by both sides; the link is encrypted (TLS 1.2, "
+                  "ADH-AES128-GCM-SHA256)")
+    return channel, b""
+
+
+def use_link(link: Link, opts: Options, reporter: Reporter, listener) -> None:
+    """Move data over the agreed connection, as this side's mode says."""
+    try:
+        channel, leftover = open_channel(link, opts.secret, reporter)
+    except PunchcatError:
+        link.sock.close()
+        raise
+    if opts.mode == Mode.PIPE:
+        # stdin/stdout
+        try:
+            stats = relay(channel, sys.stdin.fileno(), sys.stdout.fileno(), leftover,
+                          progress=lambda st: show_progress(reporter, st))
+        finally:
+            reporter.clear()
+    elif link.peer.mode == Mode.PIPE:
+        # -c serving a plain pipe (e.g. ssh's ProxyCommand): one raw session
+        stats = serve_raw(channel, opts.connect, reporter, leftover)
+    else:
+        # -L or -c against the other: multiplexed sessions
+        served = serve(channel, opts.mode == Mode.LISTEN, reporter, listener=listener,
+                       target=opts.connect, initial=leftover)
+        reporter.info(f"link ended after {served} sessions")
+        return
+    if opts.stats or opts.level >= VERBOSE:
+        reporter.notice(describe(stats))
