@@ -46,7 +46,7 @@ import struct
 import threading
 
 from .channel import Channel, lost, send_some
-from .errors import LinkLost, PunchcatError
+from .errors import AuthenticationFailed, LinkLost, PunchcatError
 
 SUITE = "ADH-AES128-GCM-SHA256:@SECLEVEL=0"
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "maxmem": 32 * 1024 * 1024, "dklen": 32}
@@ -55,10 +55,6 @@ FRAME = struct.Struct("!I")
 #: Largest plaintext frame; bigger writes are cut.
 MAX_FRAME = 1024 * 1024
 HANDSHAKE_TIMEOUT = 15.0
-
-
-class AuthenticationFailed(PunchcatError):
-    """The peer does not know the same secret (or is not the peer at all)."""
 
 
 def generate_secret() -> str:
