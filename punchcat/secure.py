@@ -8,36 +8,39 @@ Construction (see also the README's design note)
    suites need OpenSSL security level 0).  The leader is the TLS client.
    The DH exchange gives both ends a fresh key for this connection and
    forward secrecy; AES-GCM gives confidentiality and integrity.  Nothing
-   in TLS authenticates either end here: that is step 3.
-2. *Key.*  ``K = scrypt(secret, salt, n=2**14, r=8, p=1)``, the salt being
-   ``"punchcat-auth-v1"`` and both side ids of this run in sorted order.
-   A guess of the secret costs one scrypt evaluation, and a fresh salt per
-   run makes precomputation useless.
-3. *Proofs.*  Each side proves it knows K for *this* TLS session:
-   ``HMAC-SHA256(K, "punchcat proof v1" | role | tls-unique | both hellos)``,
-   where tls-unique (RFC 5929) is TLS 1.2's Finished message and differs
-   between the two legs of any man in the middle.  The leader sends its
-   proof first; the follower checks it before it sends its own, and the
-   leader checks that before any payload is delivered.  A wrong proof (or
-   the peer leaving during this exchange) is "authentication failed" on
-   both sides, with no payload byte delivered.
-4. *Stream.*  Inside TLS every write is one frame ``length (4 bytes) | bytes``
+   in TLS authenticates either end here: that is step 2.  Every run makes
+   fresh contexts, and session tickets and renegotiation are off, so each
+   connection is one full handshake and its tls-unique is its own.
+2. *SRP-6a inside TLS* (:mod:`punchcat.srp`: RFC 2945 with RFC 5054's
+   3072-bit group and formulas, SHA-256).  The follower is the SRP server:
+   it draws a fresh 16-byte salt, derives the verifier from the secret for
+   this run only, and sends ``salt | B`` (400 bytes).  The leader, the SRP
+   client, answers ``A | M1`` (416 bytes); the follower checks M1 and only
+   then sends M2 (32 bytes), which the leader checks.  M1 and M2 are
+   HMAC-SHA256 under the SRP session key over the TLS channel binding
+   (tls-unique, RFC 5929: TLS 1.2's Finished message, different on the two
+   legs of any man in the middle), both hellos, the salt, A and B.  Neither
+   side ever sends anything that lets its peer test a guess of the secret
+   offline: a peer without the secret gets one guess per run of the real
+   peer, and that run fails.  So no slow hash is needed.  A wrong secret,
+   a malformed SRP message or the peer leaving during the exchange is
+   "authentication failed" on both sides, and no payload byte is delivered
+   before both checks have passed (the leader's data waits for M2 in the
+   SSL object).
+3. *Stream.*  Inside TLS every write is one frame ``length (4 bytes) | bytes``
    and a frame of length 0 ends the stream.  TLS 1.2 cannot half-close (no
    data may follow a close_notify), and the end marker, being encrypted and
    authenticated, also tells a real end from a truncation: a connection that
    ends without it is an error.
 
-Limits: an active attacker who completes the TLS handshake with the leader
-receives the leader's proof and can test guesses of the secret offline at
-the cost of one scrypt per guess, so the secret must be strong
-(``--gen-secret`` makes one).  The follower never reveals a proof to an
-unauthenticated peer.  Who talks to whom, when and how much stays visible.
+Limits: an active attacker who wins the punch can make one guess of the
+secret per run, and the real user sees that run fail.  Who talks to whom,
+when and how much stays visible, and so do the mode and the "uses a
+secret" flag in the clear hello.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import importlib.resources
 import secrets
 import socket
@@ -45,12 +48,14 @@ import ssl
 import struct
 import threading
 
+from . import srp
 from .channel import Channel, lost, send_some
 from .errors import AuthenticationFailed, LinkLost, PunchcatError
 
+__all__ = ["AuthenticationFailed", "SecureChannel", "generate_secret", "read_secret_file",
+           "secure"]
+
 SUITE = "ADH-AES128-GCM-SHA256:@SECLEVEL=0"
-SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "maxmem": 32 * 1024 * 1024, "dklen": 32}
-PROOF_LEN = 32
 FRAME = struct.Struct("!I")
 #: Largest plaintext frame; bigger writes are cut.
 MAX_FRAME = 1024 * 1024
@@ -62,22 +67,15 @@ def generate_secret() -> str:
     return secrets.token_urlsafe(24)
 
 
-def derive_key(secret: str, side_ids: tuple[bytes, bytes]) -> bytes:
-    salt = b"punchcat-auth-v1" + b"".join(sorted(side_ids))
-    return hashlib.scrypt(secret.encode(), salt=salt, **SCRYPT)
-
-
-def proof(key: bytes, role: bytes, binding: bytes, hellos: bytes) -> bytes:
-    return hmac.new(key, b"punchcat proof v1|" + role + b"|" + binding + b"|" + hellos,
-                    hashlib.sha256).digest()
-
-
 def _context(server: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.set_ciphers(SUITE)
+    # One full handshake per connection, never resumed or renegotiated: what
+    # tls-unique needs to be unique to the connection (no triple handshake).
+    ctx.options |= ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
     if server:
         params = importlib.resources.files("punchcat").joinpath("ffdhe2048.pem")
         with importlib.resources.as_file(params) as path:
@@ -86,7 +84,7 @@ def _context(server: bool) -> ssl.SSLContext:
 
 
 class SecureChannel(Channel):
-    """TLS over the punched connection, with the framing of step 4.
+    """TLS over the punched connection, with the framing of step 3.
 
     Received bytes are decrypted straight into the caller's buffer, frame
     headers are read separately; sent bytes are encrypted as they are, with
@@ -265,22 +263,35 @@ def _recv_exactly(sock: socket.socket, n: int, obj, incoming) -> bytes:
     return bytes(got)
 
 
+def _send(sock: socket.socket, obj, outgoing, data: bytes = b"") -> None:
+    """Encrypt *data* and send it with whatever TLS has queued."""
+    if data:
+        obj.write(data)
+    if outgoing.pending:
+        sock.sendall(outgoing.read())
+
+
 def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
-           peer_hello: bytes, leftover: bytes, side_ids: tuple[bytes, bytes]) -> SecureChannel:
-    """Run steps 1-3 on the agreed connection; return the encrypted channel."""
+           peer_hello: bytes, leftover: bytes,
+           side_ids: tuple[bytes, bytes] | None = None) -> SecureChannel:
+    """Run steps 1 and 2 on the agreed connection; return the encrypted channel.
+
+    *side_ids* is not used any more (the hellos carry them) and is accepted for older callers.
+    Raises :class:`AuthenticationFailed` for any failure before the channel
+    exists.
+    """
+    password = secret.encode("utf-8", "surrogateescape")
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = _context(server=not leader).wrap_bio(incoming, outgoing, server_side=not leader)
     incoming.write(leftover)
     sock.settimeout(HANDSHAKE_TIMEOUT)
-    key = derive_key(secret, side_ids)
     try:
         while True:
             try:
                 obj.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                if outgoing.pending:
-                    sock.sendall(outgoing.read())
+                _send(sock, obj, outgoing)
                 data = sock.recv(65536)
                 if not data:
                     raise AuthenticationFailed("authentication failed: the peer closed the "
@@ -289,22 +300,21 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
             except ssl.SSLError as exc:
                 raise AuthenticationFailed(f"authentication failed: TLS handshake: "
                                            f"{exc.reason or exc}") from None
-        if outgoing.pending:
-            sock.sendall(outgoing.read())
+        # The follower's Finished goes out now, so that the leader computes
+        # A while the follower computes B.
+        _send(sock, obj, outgoing)
         binding = obj.get_channel_binding("tls-unique")
         hellos = local_hello + peer_hello if leader else peer_hello + local_hello
-        mine = proof(key, b"leader" if leader else b"follower", binding, hellos)
-        theirs = proof(key, b"follower" if leader else b"leader", binding, hellos)
         if leader:
-            obj.write(mine)
-            sock.sendall(outgoing.read())
-        got = _recv_exactly(sock, PROOF_LEN, obj, incoming)
-        if not hmac.compare_digest(got, theirs):
-            raise AuthenticationFailed("authentication failed: the peer does not know the "
-                                       "same secret")
-        if not leader:
-            obj.write(mine)
-            sock.sendall(outgoing.read())
+            client = srp.SrpClient(password, binding, hellos)
+            response = client.respond(_recv_exactly(sock, client.expect, obj, incoming))
+            _send(sock, obj, outgoing, response)
+            client.confirm(_recv_exactly(sock, client.expect, obj, incoming))
+        else:
+            server = srp.SrpServer(password, binding, hellos)
+            _send(sock, obj, outgoing, server.challenge)
+            confirmation = server.verify(_recv_exactly(sock, server.expect, obj, incoming))
+            _send(sock, obj, outgoing, confirmation)
     except socket.timeout:
         raise AuthenticationFailed("authentication failed: the peer did not answer") from None
     except OSError as exc:
