@@ -22,11 +22,12 @@ Construction (see also the README's design note)
    legs of any man in the middle), both hellos, the salt, A and B.  Neither
    side ever sends anything that lets its peer test a guess of the secret
    offline: a peer without the secret gets one guess per run of the real
-   peer, and that run fails.  So no slow hash is needed.  A wrong secret,
-   a malformed SRP message or the peer leaving during the exchange is
-   "authentication failed" on both sides, and no payload byte is delivered
-   before both checks have passed (the leader's data waits for M2 in the
-   SSL object).
+   peer, and that run fails.  So no slow hash is needed and a short code
+   (:func:`generate_code`) is a sound secret.  Codes are compared by their
+   digits (see :func:`normalize_secret`).  A wrong secret, a malformed SRP
+   message or the peer leaving during the exchange is "authentication
+   failed" on both sides, and no payload byte is delivered before both
+   checks have passed (the leader's data waits for M2 in the SSL object).
 3. *Stream.*  Inside TLS every write is one frame ``length (4 bytes) | bytes``
    and a frame of length 0 ends the stream.  TLS 1.2 cannot half-close (no
    data may follow a close_notify), and the end marker, being encrypted and
@@ -42,6 +43,7 @@ secret" flag in the clear hello.
 from __future__ import annotations
 
 import importlib.resources
+import re
 import secrets
 import socket
 import ssl
@@ -52,8 +54,8 @@ from . import srp
 from .channel import Channel, lost, send_some
 from .errors import AuthenticationFailed, LinkLost, PunchcatError
 
-__all__ = ["AuthenticationFailed", "SecureChannel", "generate_secret", "read_secret_file",
-           "secure"]
+__all__ = ["AuthenticationFailed", "SecureChannel", "generate_code", "generate_secret",
+           "normalize_secret", "read_secret_file", "secure"]
 
 SUITE = "ADH-AES128-GCM-SHA256:@SECLEVEL=0"
 FRAME = struct.Struct("!I")
@@ -61,10 +63,64 @@ FRAME = struct.Struct("!I")
 MAX_FRAME = 1024 * 1024
 HANDSHAKE_TIMEOUT = 15.0
 
+#: A short code: CODE_GROUPS groups of CODE_DIGITS random decimal digits.
+CODE_GROUPS, CODE_DIGITS = 3, 5
+#: Separators a person may type or paste between the digits of a code: any
+#: whitespace (``\s``, which includes no-break and thin spaces) and the
+#: hyphen-minus with its typographic look-alikes (hyphens U+2010-U+2011,
+#: figure, en and em dashes and horizontal bar U+2012-U+2015, minus sign
+#: U+2212, small and full-width hyphen-minus U+FE63, U+FF0D).
+_CODE_LIKE = re.compile(r"[\s\-\u2010-\u2015\u2212\ufe63\uff0d]*[0-9]"
+                        r"[0-9\s\-\u2010-\u2015\u2212\ufe63\uff0d]*")
+
 
 def generate_secret() -> str:
     """A fresh secret: 24 random bytes, URL-safe base64 (32 characters)."""
     return secrets.token_urlsafe(24)
+
+
+def generate_code() -> str:
+    """A fresh short code to read out over the phone, e.g. ``48210-93755-62183``.
+
+    Fifteen random decimal digits (log2(10^15) = 49.8 bits) in three groups
+    of five.  Digits only: they read out the same in any language, on any
+    keyboard or phone keypad, with no 0/O, 1/l or case to confuse.  Three
+    groups of five are read and typed in three breaths.  Because of SRP an
+    attacker can test only one guess per run of the real peer, and the user
+    sees that run fail, so 49.8 bits is far more than such guessing can
+    get through (a 40-bit floor would already be); :func:`generate_secret`
+    remains for secrets that are copied rather than read out.  Spaces and
+    dashes typed between the digits do not matter: see
+    :func:`normalize_secret`.
+    """
+    count = CODE_GROUPS * CODE_DIGITS
+    digits = f"{secrets.randbelow(10 ** count):0{count}d}"
+    return "-".join(digits[i:i + CODE_DIGITS] for i in range(0, count, CODE_DIGITS))
+
+
+def normalize_secret(secret: str) -> str:
+    """The secret as both sides use it: a code is reduced to its digits.
+
+    A secret made only of ASCII digits, whitespace and dashes (see
+    ``_CODE_LIKE``), with at least one digit, "looks like a code" and is
+    replaced by its digits alone, so ``48210-93755-62183``, ``48210 93755
+    62183``, ``4821093755 62183`` and ``48210–93755–62183`` (en dashes from a
+    chat program) are all the secret ``482109375562183``.  Anything else,
+    including every secret of :func:`generate_secret` with a letter or an
+    underscore in it, is used exactly as given.
+
+    Why this is safe: both sides apply the same rule (it is part of protocol
+    version 2), so it can only make two secrets equal that differ in where
+    the separators are; it never changes which digits, or their order.  A
+    generated code's entropy is all in its digits; a person who picked a
+    digits-and-dashes secret gains nothing real from the dashes (their
+    places are a few bits at most, and people do not remember them apart
+    from the digits anyway).  A secret of only separators has no digit and
+    is left alone, so no secret ever becomes empty.
+    """
+    if _CODE_LIKE.fullmatch(secret):
+        return "".join(c for c in secret if c in "0123456789")
+    return secret
 
 
 def _context(server: bool) -> ssl.SSLContext:
@@ -276,11 +332,12 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
            side_ids: tuple[bytes, bytes] | None = None) -> SecureChannel:
     """Run steps 1 and 2 on the agreed connection; return the encrypted channel.
 
-    *side_ids* is not used any more (the hellos carry them) and is accepted for older callers.
+    *secret* goes through :func:`normalize_secret`; *side_ids* is not used
+    any more (the hellos carry them) and is accepted for older callers.
     Raises :class:`AuthenticationFailed` for any failure before the channel
     exists.
     """
-    password = secret.encode("utf-8", "surrogateescape")
+    password = normalize_secret(secret).encode("utf-8", "surrogateescape")
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = _context(server=not leader).wrap_bio(incoming, outgoing, server_side=not leader)
     incoming.write(leftover)

@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 
+import re
 import struct
 
 import pytest
@@ -17,7 +18,8 @@ from punchcat import srp
 from punchcat.errors import LinkLost
 from punchcat.handshake import FLAG_SECRET, Hello
 from punchcat.relay import pipe
-from punchcat.secure import AuthenticationFailed, SecureChannel, _context, generate_secret, secure
+from punchcat.secure import (AuthenticationFailed, SecureChannel, _context, generate_code,
+                             generate_secret, normalize_secret, secure)
 
 LEADER, FOLLOWER = Hello(b"\xee" * 16, flags=FLAG_SECRET), Hello(b"\x11" * 16, flags=FLAG_SECRET)
 IDS = (LEADER.side_id, FOLLOWER.side_id)
@@ -204,6 +206,42 @@ def test_the_call_of_older_callers_with_side_ids_still_works():
     leader = secure(a, "s", True, LEADER.encode(), FOLLOWER.encode(), b"", IDS)
     t.join(30)
     assert isinstance(leader, SecureChannel) and isinstance(out["follower"], SecureChannel)
+
+
+# -- codes ------------------------------------------------------------------------------
+def test_generated_codes_are_three_groups_of_five_fresh_digits():
+    codes = {generate_code() for _ in range(200)}
+    assert len(codes) == 200
+    for code in codes:
+        assert re.fullmatch(r"[0-9]{5}-[0-9]{5}-[0-9]{5}", code)
+    assert 15 * math.log2(10) >= 40
+    assert normalize_secret(next(iter(codes))) == next(iter(codes)).replace("-", "")
+
+
+@pytest.mark.parametrize("typed", [
+    "48210-93755-62183", "48210 93755 62183", "482109375562183", " 48210  93755-62183\t",
+    "48210\u201393755\u201362183",                # en dashes (autocorrect, chat programs)
+    "48210\u00a093755\u202f62183",                # no-break and narrow no-break spaces
+    "4-8-2-1-0-9-3-7-5-5-6-2-1-8-3",
+])
+def test_a_code_is_its_digits_however_it_is_typed(typed):
+    assert normalize_secret(typed) == "482109375562183"
+
+
+@pytest.mark.parametrize("secret", [
+    "correct horse battery staple", "4821O-93755-62183",      # a letter O: not a code
+    "1234_5678", "+1 555 0100", "---", "  ", "-", "١٢٣-٤٥٦",  # no ASCII digit / other digits
+    "abc-123", generate_secret(),
+])
+def test_anything_that_is_not_a_code_is_used_as_given(secret):
+    assert normalize_secret(secret) == secret
+
+
+def test_a_code_typed_differently_on_each_side_authenticates():
+    leader, follower = both_sides("48210-93755-62183", "48210 93755 62183")
+    assert isinstance(leader, SecureChannel) and isinstance(follower, SecureChannel)
+    leader, follower = both_sides("48210-93755-62183", "48210-93755-62184")
+    assert isinstance(leader, AuthenticationFailed) and isinstance(follower, AuthenticationFailed)
 
 
 def test_a_secret_that_is_not_utf8_from_the_environment_still_works():
