@@ -342,13 +342,24 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
     obj = _context(server=not leader).wrap_bio(incoming, outgoing, server_side=not leader)
     incoming.write(leftover)
     sock.settimeout(HANDSHAKE_TIMEOUT)
+    machine: srp.SrpClient | srp.SrpServer | None = None
+
+    def prepare() -> srp.SrpClient | srp.SrpServer:
+        """The SRP side, made (A, resp. salt and B) the first time TLS waits
+        for the peer, so that the exponentiations overlap the round trip."""
+        nonlocal machine
+        if machine is None:
+            machine = srp.SrpClient(password) if leader else srp.SrpServer(password)
+        return machine
     try:
         while True:
             try:
                 obj.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                _send(sock, obj, outgoing)
+                if outgoing.pending:
+                    sock.sendall(outgoing.read())
+                    prepare()
                 data = sock.recv(65536)
                 if not data:
                     raise AuthenticationFailed("authentication failed: the peer closed the "
@@ -357,20 +368,19 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
             except ssl.SSLError as exc:
                 raise AuthenticationFailed(f"authentication failed: TLS handshake: "
                                            f"{exc.reason or exc}") from None
-        # The follower's Finished goes out now, so that the leader computes
-        # A while the follower computes B.
-        _send(sock, obj, outgoing)
         binding = obj.get_channel_binding("tls-unique")
         hellos = local_hello + peer_hello if leader else peer_hello + local_hello
-        if leader:
-            client = srp.SrpClient(password, binding, hellos)
-            response = client.respond(_recv_exactly(sock, client.expect, obj, incoming))
+        side = prepare()
+        if isinstance(side, srp.SrpClient):
+            _send(sock, obj, outgoing)
+            response = side.respond(_recv_exactly(sock, side.expect, obj, incoming),
+                                    binding, hellos)
             _send(sock, obj, outgoing, response)
-            client.confirm(_recv_exactly(sock, client.expect, obj, incoming))
+            side.confirm(_recv_exactly(sock, side.expect, obj, incoming))
         else:
-            server = srp.SrpServer(password, binding, hellos)
-            _send(sock, obj, outgoing, server.challenge)
-            confirmation = server.verify(_recv_exactly(sock, server.expect, obj, incoming))
+            _send(sock, obj, outgoing, side.challenge)       # with TLS's Finished
+            confirmation = side.verify(_recv_exactly(sock, side.expect, obj, incoming),
+                                       binding, hellos)
             _send(sock, obj, outgoing, confirmation)
     except socket.timeout:
         raise AuthenticationFailed("authentication failed: the peer did not answer") from None

@@ -266,15 +266,19 @@ class SrpServer:
     :meth:`verify`, which returns M2 to send.  Any wrong length, value out of
     range or wrong proof raises :class:`AuthenticationFailed`; then nothing
     more may be sent.  Each step may be taken once.
+
+    The challenge depends on nothing of the connection, so it can be made
+    while the TLS handshake waits for the network; the channel binding and
+    hellos the proofs are bound to come with the client's response.
     """
 
-    def __init__(self, password: bytes, binding: bytes, hellos: bytes, *, srp: Srp = SRP,
-                 identity: bytes = IDENTITY, salt: bytes | None = None, b: int | None = None):
+    def __init__(self, password: bytes, *, srp: Srp = SRP, identity: bytes = IDENTITY,
+                 salt: bytes | None = None, b: int | None = None):
         self.srp = srp
         self._salt = secrets.token_bytes(SALT_LEN) if salt is None else bytes(salt)
         if len(self._salt) != SALT_LEN:
             raise ValueError(f"the salt must be {SALT_LEN} bytes")
-        self._identity, self._binding, self._hellos = identity, bytes(binding), bytes(hellos)
+        self._identity = identity
         self._v = srp.verifier(srp.x(self._salt, identity, password))
         self._b = random_exponent() if b is None else b
         self._B = srp.server_public(self._v, self._b)
@@ -285,8 +289,9 @@ class SrpServer:
         #: K, once the client has proven the secret.
         self.key: bytes | None = None
 
-    def verify(self, response: bytes) -> bytes:
-        """Check ``PAD(A) | M1``; return M2 (to send) if it is right."""
+    def verify(self, response: bytes, binding: bytes, hellos: bytes) -> bytes:
+        """Check ``PAD(A) | M1`` made for this *binding* and these *hellos*;
+        return M2 (to send) if it is right."""
         if self.expect is None:
             raise LocalProtocolError("the SRP server has already taken the client's response")
         size = self.srp.group.size
@@ -295,7 +300,7 @@ class SrpServer:
         A = self.srp.decode(response[:size], "A")
         u = self.srp.scrambler(A, self._B)
         S = self.srp.server_premaster(A, self._v, u, self._b)
-        key, m1, m2 = _proofs(self.srp, S, self._identity, self._binding, self._hellos,
+        key, m1, m2 = _proofs(self.srp, S, self._identity, bytes(binding), bytes(hellos),
                               self._salt, A, self._B)
         if not hmac.compare_digest(response[size:], m1):
             raise _wrong_secret()
@@ -311,13 +316,15 @@ class SrpClient:
     :attr:`expect` bytes again (M2) and pass them to :meth:`confirm`.  Any
     wrong length, value out of range or wrong proof raises
     :class:`AuthenticationFailed`.  Each step may be taken once.
+
+    A is made at once, so that it can be computed while the TLS handshake
+    waits for the network.
     """
 
-    def __init__(self, password: bytes, binding: bytes, hellos: bytes, *, srp: Srp = SRP,
-                 identity: bytes = IDENTITY, a: int | None = None):
+    def __init__(self, password: bytes, *, srp: Srp = SRP, identity: bytes = IDENTITY,
+                 a: int | None = None):
         self.srp = srp
         self._password, self._identity = bytes(password), identity
-        self._binding, self._hellos = bytes(binding), bytes(hellos)
         self._a = random_exponent() if a is None else a
         self._A = srp.client_public(self._a)
         self._m2: bytes | None = None
@@ -327,8 +334,9 @@ class SrpClient:
         #: K, once the server has proven the secret.
         self.key: bytes | None = None
 
-    def respond(self, challenge: bytes) -> bytes:
-        """Take ``salt | PAD(B)``; return ``PAD(A) | M1``."""
+    def respond(self, challenge: bytes, binding: bytes, hellos: bytes) -> bytes:
+        """Take ``salt | PAD(B)``; return ``PAD(A) | M1``, M1 bound to this
+        *binding* and these *hellos*."""
         if self.expect is None or self._m2 is not None:
             raise LocalProtocolError("the SRP client has already answered a challenge")
         expected, self.expect = self.expect, None      # one attempt, even if it fails
@@ -338,8 +346,8 @@ class SrpClient:
         u = self.srp.scrambler(self._A, B)
         x = self.srp.x(salt, self._identity, self._password)
         S = self.srp.client_premaster(B, x, self._a, u)
-        self._key, m1, self._m2 = _proofs(self.srp, S, self._identity, self._binding,
-                                          self._hellos, salt, self._A, B)
+        self._key, m1, self._m2 = _proofs(self.srp, S, self._identity, bytes(binding),
+                                          bytes(hellos), salt, self._A, B)
         self.expect = PROOF_LEN
         return self.srp.pad(self._A) + m1
 

@@ -290,8 +290,8 @@ def test_an_attacker_leader_receives_salt_and_b_only():
     t.start()
     tls = _context(server=False).wrap_socket(a)
     challenge = read_exactly(tls, srp.CHALLENGE_LEN)
-    guess = srp.SrpClient(b"a guess", tls.get_channel_binding("tls-unique"), HELLOS)
-    tls.sendall(guess.respond(challenge))
+    guess = srp.SrpClient(b"a guess")
+    tls.sendall(guess.respond(challenge, tls.get_channel_binding("tls-unique"), HELLOS))
     assert read_until_end(tls) == b""                      # no M2, nothing at all
     t.join(30)
     assert isinstance(out["follower"], AuthenticationFailed)
@@ -314,7 +314,7 @@ def test_an_attacker_follower_receives_a_and_m1_only_and_cannot_deliver_data():
     t = threading.Thread(target=leader)
     t.start()
     tls = _context(server=True).wrap_socket(b, server_side=True)
-    fake = srp.SrpServer(b"a guess", tls.get_channel_binding("tls-unique"), HELLOS)
+    fake = srp.SrpServer(b"a guess")
     tls.sendall(fake.challenge)
     response = read_exactly(tls, srp.RESPONSE_LEN)             # PAD(A) | M1
     tls.sendall(bytes(32) + struct.pack("!I", 5) + b"evil!")   # a wrong M2, then data
@@ -322,7 +322,7 @@ def test_an_attacker_follower_receives_a_and_m1_only_and_cannot_deliver_data():
     t.join(30)
     assert isinstance(out["leader"], AuthenticationFailed)     # and no channel, no data
     with pytest.raises(AuthenticationFailed):
-        fake.verify(response)
+        fake.verify(response, tls.get_channel_binding("tls-unique"), HELLOS)
     tls.close()
 
 

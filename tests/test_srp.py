@@ -49,6 +49,12 @@ V = SRP_RFC5054_VECTORS
 BINDING, HELLOS = b"tls-unique of this session", b"leader hello|follower hello"
 
 
+def run(server: SrpServer, client: SrpClient) -> None:
+    """The whole exchange; raises where it fails."""
+    response = client.respond(server.challenge, BINDING, HELLOS)
+    client.confirm(server.verify(response, BINDING, HELLOS))
+
+
 def test_rfc5054_appendix_b_vectors():
     assert V.group.N.bit_length() == 1024 and V.group.g == 2
     assert V.k == k
@@ -62,12 +68,12 @@ def test_rfc5054_appendix_b_vectors():
 
 
 def test_the_state_machines_reproduce_the_vectors():
-    server = SrpServer(P, BINDING, HELLOS, srp=V, identity=I, salt=s, b=b)
-    client = SrpClient(P, BINDING, HELLOS, srp=V, identity=I, a=a)
+    server = SrpServer(P, srp=V, identity=I, salt=s, b=b)
+    client = SrpClient(P, srp=V, identity=I, a=a)
     assert server.challenge == s + B.to_bytes(128, "big")
-    response = client.respond(server.challenge)
+    response = client.respond(server.challenge, BINDING, HELLOS)
     assert response[:128] == A.to_bytes(128, "big")
-    client.confirm(server.verify(response))
+    client.confirm(server.verify(response, BINDING, HELLOS))
     assert client.key == server.key == srp._proofs(V, S, I, BINDING, HELLOS, s, A, B)[0]
 
 
@@ -94,12 +100,12 @@ def test_the_3072_bit_group_is_rfc_3526s_prime_with_generator_5():
 
 def test_message_lengths():
     assert (CHALLENGE_LEN, RESPONSE_LEN, CONFIRMATION_LEN) == (400, 416, 32)
-    server = SrpServer(b"secret", BINDING, HELLOS)
-    client = SrpClient(b"secret", BINDING, HELLOS)
+    server = SrpServer(b"secret")
+    client = SrpClient(b"secret")
     assert client.expect == len(server.challenge) == CHALLENGE_LEN
-    response = client.respond(server.challenge)
+    response = client.respond(server.challenge, BINDING, HELLOS)
     assert server.expect == len(response) == RESPONSE_LEN
-    m2 = server.verify(response)
+    m2 = server.verify(response, BINDING, HELLOS)
     assert client.expect == len(m2) == CONFIRMATION_LEN
     client.confirm(m2)
     assert client.expect is None and server.expect is None
@@ -107,17 +113,17 @@ def test_message_lengths():
 
 @pytest.mark.parametrize("suite", [SRP, SRP_RFC5054_VECTORS], ids=["3072-sha256", "1024-sha1"])
 def test_round_trip_gives_both_sides_the_same_key(suite):
-    server = SrpServer(b"correct horse", BINDING, HELLOS, srp=suite)
-    client = SrpClient(b"correct horse", BINDING, HELLOS, srp=suite)
-    client.confirm(server.verify(client.respond(server.challenge)))
+    server = SrpServer(b"correct horse", srp=suite)
+    client = SrpClient(b"correct horse", srp=suite)
+    run(server, client)
     assert client.key == server.key and len(client.key) == 32
 
 
 def test_every_run_is_fresh():
-    one, two = SrpServer(b"s", BINDING, HELLOS), SrpServer(b"s", BINDING, HELLOS)
+    one, two = SrpServer(b"s"), SrpServer(b"s")
     assert one.challenge[:SALT_LEN] != two.challenge[:SALT_LEN]      # fresh salt, fresh v
     assert one.challenge[SALT_LEN:] != two.challenge[SALT_LEN:]
-    assert SrpClient(b"s", BINDING, HELLOS)._A != SrpClient(b"s", BINDING, HELLOS)._A
+    assert SrpClient(b"s")._A != SrpClient(b"s")._A
     assert srp.random_exponent().bit_length() == srp.EXPONENT_BITS + 1
 
 
@@ -131,11 +137,11 @@ def lying_server_m2(server: SrpServer, response: bytes) -> bytes:
 
 
 def test_wrong_password_fails_on_both_sides():
-    server = SrpServer(b"right", BINDING, HELLOS)
-    client = SrpClient(b"wrong", BINDING, HELLOS)
-    response = client.respond(server.challenge)
+    server = SrpServer(b"right")
+    client = SrpClient(b"wrong")
+    response = client.respond(server.challenge, BINDING, HELLOS)
     with pytest.raises(AuthenticationFailed, match="does not know the same secret"):
-        server.verify(response)
+        server.verify(response, BINDING, HELLOS)
     assert server.key is None
     # Had the server answered anyway, the client would not accept it either.
     with pytest.raises(AuthenticationFailed, match="does not know the same secret"):
@@ -148,23 +154,24 @@ def test_proofs_are_bound_to_the_tls_session_and_the_hellos(field):
     # A man in the middle has two TLS sessions (two tls-unique values); a
     # tampered hello changes the hellos: either way M1 no longer verifies.
     other = {"binding": (b"another session", HELLOS), "hellos": (BINDING, b"tampered hellos")}
-    server = SrpServer(b"s", *other[field])
-    client = SrpClient(b"s", BINDING, HELLOS)
+    server = SrpServer(b"s")
+    client = SrpClient(b"s")
     with pytest.raises(AuthenticationFailed):
-        server.verify(client.respond(server.challenge))
+        server.verify(client.respond(server.challenge, BINDING, HELLOS), *other[field])
 
 
 def test_a_client_without_the_password_gets_salt_and_B_and_nothing_more():
     salt, b_ = bytes(range(16)), srp.random_exponent()
-    server = SrpServer(b"right", BINDING, HELLOS, salt=salt, b=b_)
+    server = SrpServer(b"right", salt=salt, b=b_)
     v_ = SRP.verifier(SRP.x(salt, srp.IDENTITY, b"right"))
     # All it is sent: salt | PAD(B), B = k*v + g^b, blinded by the fresh g^b.
-    assert server.challenge == salt + SRP.pad((SRP.k * v_ + pow(5, b_, GROUP_3072.N)) % GROUP_3072.N)
-    attacker = SrpClient(b"a guess", BINDING, HELLOS)
+    B_ = (SRP.k * v_ + pow(5, b_, GROUP_3072.N)) % GROUP_3072.N
+    assert server.challenge == salt + SRP.pad(B_)
+    attacker = SrpClient(b"a guess")
     with pytest.raises(AuthenticationFailed):
-        server.verify(attacker.respond(server.challenge))   # no M2: nothing is returned
+        run(server, attacker)                      # no M2: nothing is returned
     with pytest.raises(LocalProtocolError):
-        server.verify(attacker.respond(server.challenge))   # and no second try on this run
+        run(server, SrpClient(b"another guess"))   # and no second try on this run
 
 
 def test_a_server_without_the_password_gets_A_and_M1_and_can_test_one_guess():
@@ -185,16 +192,16 @@ def test_a_server_without_the_password_gets_A_and_M1_and_can_test_one_guess():
     # visibly when the guess is wrong.
     guess = b"1234"
     for real, verified in ((b"correct horse", False), (guess, True)):
-        attacker = SrpServer(guess, BINDING, HELLOS)
-        client = SrpClient(real, BINDING, HELLOS)
-        response = client.respond(attacker.challenge)
+        attacker = SrpServer(guess)
+        client = SrpClient(real)
+        response = client.respond(attacker.challenge, BINDING, HELLOS)
         assert len(response) == RESPONSE_LEN == 384 + PROOF_LEN
         assert response[:384] == SRP.pad(client._A)                   # PAD(A) | M1 and no more
         if verified:
-            client.confirm(attacker.verify(response))                 # its one guess, if right
+            client.confirm(attacker.verify(response, BINDING, HELLOS))  # its one guess, if right
         else:
             with pytest.raises(AuthenticationFailed):
-                attacker.verify(response)
+                attacker.verify(response, BINDING, HELLOS)
             with pytest.raises(AuthenticationFailed):
                 client.confirm(bytes(32))                             # it cannot make M2
 
@@ -226,27 +233,27 @@ WIRE_BAD = [0, N3, N3 + 1, 2 ** 3072 - 1]
 def test_bad_a_on_the_wire_is_rejected_before_any_proof(bad):
     with pytest.raises(OverflowError):
         SRP.pad(2 * N3)
-    server = SrpServer(b"s", BINDING, HELLOS)
+    server = SrpServer(b"s")
     with pytest.raises(AuthenticationFailed, match="A out of range"):
-        server.verify(SRP.pad(bad) + bytes(32))
+        server.verify(SRP.pad(bad) + bytes(32), BINDING, HELLOS)
 
 
 @pytest.mark.parametrize("bad", WIRE_BAD, ids=["0", "N", "N+1", "max"])
 def test_bad_b_on_the_wire_is_rejected(bad):
-    client = SrpClient(b"s", BINDING, HELLOS)
+    client = SrpClient(b"s")
     with pytest.raises(AuthenticationFailed, match="B out of range"):
-        client.respond(bytes(16) + SRP.pad(bad))
+        client.respond(bytes(16) + SRP.pad(bad), BINDING, HELLOS)
     assert client.expect is None                                     # dead: no retry
 
 
 def test_steps_out_of_order_are_a_local_error():
-    client = SrpClient(b"s", BINDING, HELLOS)
+    client = SrpClient(b"s")
     with pytest.raises(LocalProtocolError):
         client.confirm(bytes(32))
-    server = SrpServer(b"s", BINDING, HELLOS)
-    client.confirm(server.verify(client.respond(server.challenge)))
+    server = SrpServer(b"s")
+    run(server, client)
     with pytest.raises(LocalProtocolError):
-        client.respond(server.challenge)
+        client.respond(server.challenge, BINDING, HELLOS)
     with pytest.raises(LocalProtocolError):
         client.confirm(bytes(32))
 
@@ -263,7 +270,8 @@ def mangle(data: bytes, how, where: int, junk: bytes) -> bytes:
         return data + (junk or b"\0")
     if how == "flip":
         where %= len(data)
-        return data[:where] + bytes([data[where] ^ (junk[0] if junk and junk[0] else 1)]) + data[where + 1:]
+        mask = junk[0] if junk and junk[0] else 1
+        return data[:where] + bytes([data[where] ^ mask]) + data[where + 1:]
     return junk                                          # "replace": pure garbage
 
 
@@ -274,23 +282,23 @@ MANGLING = dict(how=st.sampled_from(["truncate", "extend", "flip", "replace"]),
 @FUZZ
 @given(**MANGLING)
 def test_garbage_to_the_server_fails_cleanly(how, where, junk):
-    server = SrpServer(b"s", BINDING, HELLOS)
-    real = SrpClient(b"s", BINDING, HELLOS).respond(server.challenge)
+    server = SrpServer(b"s")
+    real = SrpClient(b"s").respond(server.challenge, BINDING, HELLOS)
     garbled = mangle(real, how, where, junk)
     if garbled == real:
         return                                           # cut at the very end: nothing cut
     with pytest.raises(AuthenticationFailed):
-        server.verify(garbled)
+        server.verify(garbled, BINDING, HELLOS)
 
 
 @FUZZ
 @given(**MANGLING)
 def test_garbage_challenge_to_the_client_fails_cleanly(how, where, junk):
-    challenge = SrpServer(b"s", BINDING, HELLOS).challenge
+    challenge = SrpServer(b"s").challenge
     garbled = mangle(challenge, how, where, junk)
-    client = SrpClient(b"s", BINDING, HELLOS)
+    client = SrpClient(b"s")
     try:
-        response = client.respond(garbled)
+        response = client.respond(garbled, BINDING, HELLOS)
     except AuthenticationFailed:
         return
     # A flipped byte of the salt (or of B, still below N) is a well-formed
@@ -303,9 +311,9 @@ def test_garbage_challenge_to_the_client_fails_cleanly(how, where, junk):
 @FUZZ
 @given(**MANGLING)
 def test_garbage_confirmation_to_the_client_fails_cleanly(how, where, junk):
-    server = SrpServer(b"s", BINDING, HELLOS)
-    client = SrpClient(b"s", BINDING, HELLOS)
-    m2 = server.verify(client.respond(server.challenge))
+    server = SrpServer(b"s")
+    client = SrpClient(b"s")
+    m2 = server.verify(client.respond(server.challenge, BINDING, HELLOS), BINDING, HELLOS)
     garbled = mangle(m2, how, where, junk)
     if garbled == m2:
         return
