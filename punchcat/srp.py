@@ -52,17 +52,18 @@ flags that travelled in the clear.  Sending B before A is the order of RFC
 What each side learns without the secret
 ----------------------------------------
 * A client that does not know the secret receives ``salt | B`` and nothing
-  more (M2 comes only after a right M1).  ``B = k*v + g^b`` with a fresh
-  random b is a uniformly random group element whatever v is, so it says
-  nothing about the secret; the client can try one guess, by sending the
-  M1 of that guess, per run of the real server.
+  more (M2 comes only after a right M1).  In ``B = k*v + g^b`` the term
+  ``g^b``, with a fresh secret b, masks ``k*v``: without b, B cannot be
+  told from a random number below N whatever v is, so it says nothing
+  about the secret (the standard SRP argument).  The client can try one
+  guess, by sending the M1 of that guess, per run of the real server.
 * A server that does not know the secret receives ``A | M1``.  To test a
   guess P' against M1 it needs that guess's S, i.e. ``(B - k*v')^(a+u*x')``
   (but a is the client's secret) or ``(A * v'^u)^b'`` where ``g^b' = B -
   k*v'``.  It knows such a b' for at most the one v' it built B from: for any
   other guess that needs a discrete logarithm.  So again one guess per run.
-* Neither learns anything else: every failure is the same exception and, on
-  the wire, the end of the exchange.
+* Neither learns anything else: every failure raises the same exception,
+  and all the peer sees of it is the connection closing.
 
 Key derivation: no scrypt, on purpose
 -------------------------------------
