@@ -38,6 +38,14 @@ class LocalProtocolError(PunchcatError):
     """This side tried to do something the protocol does not allow (a bug)."""
 
 
+class AuthenticationFailed(PunchcatError):
+    """The peer does not know the same secret (or is not the peer at all).
+
+    Raised by :mod:`punchcat.srp` for any malformed, out-of-range or wrong
+    message and by :mod:`punchcat.secure` when the exchange cannot finish;
+    the message always starts with "authentication failed: "."""
+
+
 class LinkLost(PunchcatError):
     """The punched connection broke while data was moving."""
 

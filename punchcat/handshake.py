@@ -54,7 +54,9 @@ from typing import Hashable
 from .errors import RemoteProtocolError
 
 MAGIC = b"PUNCHCAT"
-VERSION = 1
+#: 2: the secret is proven by SRP-6a (punchcat.srp) and codes are compared by
+#: their digits; version 1 had scrypt-keyed proofs.
+VERSION = 2
 COMMIT = b"$"
 ACK = b"+"
 ID_LEN = 16
@@ -116,9 +118,10 @@ def parse_hello(buf: bytes) -> Hello | None:
         return None
     version = buf[len(MAGIC)]
     if version != VERSION:
+        age = "an older" if version < VERSION else "a newer"
         raise RemoteProtocolError(
-            f"peer speaks punchcat protocol version {version}, this punchcat "
-            f"speaks version {VERSION}; run the same punchcat release on both sides")
+            f"peer speaks punchcat protocol version {version} ({age} punchcat), this "
+            f"punchcat speaks version {VERSION}; run the same punchcat release on both sides")
     if len(buf) < HELLO_LEN:
         return None
     mode, flags = buf[len(MAGIC) + 1], buf[len(MAGIC) + 2]

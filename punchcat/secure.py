@@ -8,57 +8,70 @@ Construction (see also the README's design note)
    suites need OpenSSL security level 0).  The leader is the TLS client.
    The DH exchange gives both ends a fresh key for this connection and
    forward secrecy; AES-GCM gives confidentiality and integrity.  Nothing
-   in TLS authenticates either end here: that is step 3.
-2. *Key.*  ``K = scrypt(secret, salt, n=2**14, r=8, p=1)``, the salt being
-   ``"punchcat-auth-v1"`` and both side ids of this run in sorted order.
-   A guess of the secret costs one scrypt evaluation, and a fresh salt per
-   run makes precomputation useless.
-3. *Proofs.*  Each side proves it knows K for *this* TLS session:
-   ``HMAC-SHA256(K, "punchcat proof v1" | role | tls-unique | both hellos)``,
-   where tls-unique (RFC 5929) is TLS 1.2's Finished message and differs
-   between the two legs of any man in the middle.  The leader sends its
-   proof first; the follower checks it before it sends its own, and the
-   leader checks that before any payload is delivered.  A wrong proof (or
-   the peer leaving during this exchange) is "authentication failed" on
-   both sides, with no payload byte delivered.
-4. *Stream.*  Inside TLS every write is one frame ``length (4 bytes) | bytes``
+   in TLS authenticates either end here: that is step 2.  Every run makes
+   fresh contexts, and session tickets and renegotiation are off, so each
+   connection is one full handshake and its tls-unique is its own.
+2. *SRP-6a inside TLS* (:mod:`punchcat.srp`: RFC 2945 with RFC 5054's
+   3072-bit group and formulas, SHA-256).  The follower is the SRP server:
+   it draws a fresh 16-byte salt, derives the verifier from the secret for
+   this run only, and sends ``salt | B`` (400 bytes).  The leader, the SRP
+   client, answers ``A | M1`` (416 bytes); the follower checks M1 and only
+   then sends M2 (32 bytes), which the leader checks.  M1 and M2 are
+   HMAC-SHA256 under the SRP session key over the TLS channel binding
+   (tls-unique, RFC 5929: TLS 1.2's Finished message, different on the two
+   legs of any man in the middle), both hellos, the salt, A and B.  Neither
+   side ever sends anything that lets its peer test a guess of the secret
+   offline: a peer without the secret gets one guess per run of the real
+   peer, and that run fails.  So no slow hash is needed and a short code
+   (:func:`generate_code`) is a sound secret.  Codes are compared by their
+   digits (see :func:`normalize_secret`).  A wrong secret, a malformed SRP
+   message or the peer leaving during the exchange is "authentication
+   failed" on both sides, and no payload byte is delivered before both
+   checks have passed (the leader's data waits for M2 in the SSL object).
+3. *Stream.*  Inside TLS every write is one frame ``length (4 bytes) | bytes``
    and a frame of length 0 ends the stream.  TLS 1.2 cannot half-close (no
    data may follow a close_notify), and the end marker, being encrypted and
    authenticated, also tells a real end from a truncation: a connection that
    ends without it is an error.
 
-Limits: an active attacker who completes the TLS handshake with the leader
-receives the leader's proof and can test guesses of the secret offline at
-the cost of one scrypt per guess, so the secret must be strong
-(``--gen-secret`` makes one).  The follower never reveals a proof to an
-unauthenticated peer.  Who talks to whom, when and how much stays visible.
+Limits: an active attacker who wins the punch can make one guess of the
+secret per run, and the real user sees that run fail.  Who talks to whom,
+when and how much stays visible, and so do the mode and the "uses a
+secret" flag in the clear hello.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import importlib.resources
+import re
 import secrets
 import socket
 import ssl
 import struct
 import threading
 
+from . import srp
 from .channel import Channel, send_some
-from .errors import LinkLost, PunchcatError
+from .errors import AuthenticationFailed, LinkLost, PunchcatError
+
+__all__ = ["AuthenticationFailed", "SecureChannel", "generate_code", "generate_secret",
+           "normalize_secret", "read_secret_file", "secure"]
 
 SUITE = "ADH-AES128-GCM-SHA256:@SECLEVEL=0"
-SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "maxmem": 32 * 1024 * 1024, "dklen": 32}
-PROOF_LEN = 32
 FRAME = struct.Struct("!I")
 #: Largest plaintext frame; bigger writes are cut.
 MAX_FRAME = 1024 * 1024
 HANDSHAKE_TIMEOUT = 15.0
 
-
-class AuthenticationFailed(PunchcatError):
-    """The peer does not know the same secret (or is not the peer at all)."""
+#: A short code: CODE_GROUPS groups of CODE_DIGITS random decimal digits.
+CODE_GROUPS, CODE_DIGITS = 3, 5
+#: Separators a person may type or paste between the digits of a code: any
+#: whitespace (``\s``, which includes no-break and thin spaces) and the
+#: hyphen-minus with its typographic look-alikes (hyphens U+2010-U+2011,
+#: figure, en and em dashes and horizontal bar U+2012-U+2015, minus sign
+#: U+2212, small and full-width hyphen-minus U+FE63, U+FF0D).
+_CODE_LIKE = re.compile(r"[\s\-\u2010-\u2015\u2212\ufe63\uff0d]*[0-9]"
+                        r"[0-9\s\-\u2010-\u2015\u2212\ufe63\uff0d]*")
 
 
 def generate_secret() -> str:
@@ -66,14 +79,48 @@ def generate_secret() -> str:
     return secrets.token_urlsafe(24)
 
 
-def derive_key(secret: str, side_ids: tuple[bytes, bytes]) -> bytes:
-    salt = b"punchcat-auth-v1" + b"".join(sorted(side_ids))
-    return hashlib.scrypt(secret.encode(), salt=salt, **SCRYPT)
+def generate_code() -> str:
+    """A fresh short code to read out over the phone, e.g. ``48210-93755-62183``.
+
+    Fifteen random decimal digits (log2(10^15) = 49.8 bits) in three groups
+    of five.  Digits only: they read out the same in any language, on any
+    keyboard or phone keypad, with no 0/O, 1/l or case to confuse.  Three
+    groups of five are read and typed in three breaths.  Because of SRP an
+    attacker can test only one guess per run of the real peer, and the user
+    sees that run fail, so 49.8 bits is far more than such guessing can
+    get through (a 40-bit floor would already be); :func:`generate_secret`
+    remains for secrets that are copied rather than read out.  Spaces and
+    dashes typed between the digits do not matter: see
+    :func:`normalize_secret`.
+    """
+    count = CODE_GROUPS * CODE_DIGITS
+    digits = f"{secrets.randbelow(10 ** count):0{count}d}"
+    return "-".join(digits[i:i + CODE_DIGITS] for i in range(0, count, CODE_DIGITS))
 
 
-def proof(key: bytes, role: bytes, binding: bytes, hellos: bytes) -> bytes:
-    return hmac.new(key, b"punchcat proof v1|" + role + b"|" + binding + b"|" + hellos,
-                    hashlib.sha256).digest()
+def normalize_secret(secret: str) -> str:
+    """The secret as both sides use it: a code is reduced to its digits.
+
+    A secret made only of ASCII digits, whitespace and dashes (see
+    ``_CODE_LIKE``), with at least one digit, "looks like a code" and is
+    replaced by its digits alone, so ``48210-93755-62183``, ``48210 93755
+    62183``, ``4821093755 62183`` and ``48210–93755–62183`` (en dashes from a
+    chat program) are all the secret ``482109375562183``.  Anything else,
+    including every secret of :func:`generate_secret` with a letter or an
+    underscore in it, is used exactly as given.
+
+    Why this is safe: both sides apply the same rule (it is part of protocol
+    version 2), so it can only make two secrets equal that differ in where
+    the separators are; it never changes which digits, or their order.  A
+    generated code's entropy is all in its digits; a person who picked a
+    digits-and-dashes secret gains nothing real from the dashes (their
+    places are a few bits at most, and people do not remember them apart
+    from the digits anyway).  A secret of only separators has no digit and
+    is left alone, so no secret ever becomes empty.
+    """
+    if _CODE_LIKE.fullmatch(secret):
+        return "".join(c for c in secret if c in "0123456789")
+    return secret
 
 
 def _context(server: bool) -> ssl.SSLContext:
@@ -82,6 +129,9 @@ def _context(server: bool) -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.set_ciphers(SUITE)
+    # One full handshake per connection, never resumed or renegotiated: what
+    # tls-unique needs to be unique to the connection (no triple handshake).
+    ctx.options |= ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
     if server:
         params = importlib.resources.files("punchcat").joinpath("ffdhe2048.pem")
         with importlib.resources.as_file(params) as path:
@@ -90,7 +140,7 @@ def _context(server: bool) -> ssl.SSLContext:
 
 
 class SecureChannel(Channel):
-    """TLS over the punched connection, with the framing of step 4.
+    """TLS over the punched connection, with the framing of step 3.
 
     Received bytes are decrypted straight into the caller's buffer, frame
     headers are read separately; sent bytes are encrypted as they are, with
@@ -269,14 +319,38 @@ def _recv_exactly(sock: socket.socket, n: int, obj, incoming) -> bytes:
     return bytes(got)
 
 
+def _send(sock: socket.socket, obj, outgoing, data: bytes = b"") -> None:
+    """Encrypt *data* and send it with whatever TLS has queued."""
+    if data:
+        obj.write(data)
+    if outgoing.pending:
+        sock.sendall(outgoing.read())
+
+
 def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
-           peer_hello: bytes, leftover: bytes, side_ids: tuple[bytes, bytes]) -> SecureChannel:
-    """Run steps 1-3 on the agreed connection; return the encrypted channel."""
+           peer_hello: bytes, leftover: bytes,
+           side_ids: tuple[bytes, bytes] | None = None) -> SecureChannel:
+    """Run steps 1 and 2 on the agreed connection; return the encrypted channel.
+
+    *secret* goes through :func:`normalize_secret`; *side_ids* is not used
+    any more (the hellos carry them) and is accepted for older callers.
+    Raises :class:`AuthenticationFailed` for any failure before the channel
+    exists.
+    """
+    password = normalize_secret(secret).encode("utf-8", "surrogateescape")
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = _context(server=not leader).wrap_bio(incoming, outgoing, server_side=not leader)
     incoming.write(leftover)
     sock.settimeout(HANDSHAKE_TIMEOUT)
-    key = derive_key(secret, side_ids)
+    machine: srp.SrpClient | srp.SrpServer | None = None
+
+    def prepare() -> srp.SrpClient | srp.SrpServer:
+        """The SRP side, made (A, resp. salt and B) the first time TLS waits
+        for the peer, so that the exponentiations overlap the round trip."""
+        nonlocal machine
+        if machine is None:
+            machine = srp.SrpClient(password) if leader else srp.SrpServer(password)
+        return machine
     try:
         while True:
             try:
@@ -285,6 +359,7 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
             except ssl.SSLWantReadError:
                 if outgoing.pending:
                     sock.sendall(outgoing.read())
+                    prepare()
                 data = sock.recv(65536)
                 if not data:
                     raise AuthenticationFailed("authentication failed: the peer closed the "
@@ -293,22 +368,20 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
             except ssl.SSLError as exc:
                 raise AuthenticationFailed(f"authentication failed: TLS handshake: "
                                            f"{exc.reason or exc}") from None
-        if outgoing.pending:
-            sock.sendall(outgoing.read())
         binding = obj.get_channel_binding("tls-unique")
         hellos = local_hello + peer_hello if leader else peer_hello + local_hello
-        mine = proof(key, b"leader" if leader else b"follower", binding, hellos)
-        theirs = proof(key, b"follower" if leader else b"leader", binding, hellos)
-        if leader:
-            obj.write(mine)
-            sock.sendall(outgoing.read())
-        got = _recv_exactly(sock, PROOF_LEN, obj, incoming)
-        if not hmac.compare_digest(got, theirs):
-            raise AuthenticationFailed("authentication failed: the peer does not know the "
-                                       "same secret")
-        if not leader:
-            obj.write(mine)
-            sock.sendall(outgoing.read())
+        side = prepare()
+        if isinstance(side, srp.SrpClient):
+            _send(sock, obj, outgoing)
+            response = side.respond(_recv_exactly(sock, side.expect, obj, incoming),
+                                    binding, hellos)
+            _send(sock, obj, outgoing, response)
+            side.confirm(_recv_exactly(sock, side.expect, obj, incoming))
+        else:
+            _send(sock, obj, outgoing, side.challenge)       # with TLS's Finished
+            confirmation = side.verify(_recv_exactly(sock, side.expect, obj, incoming),
+                                       binding, hellos)
+            _send(sock, obj, outgoing, confirmation)
     except socket.timeout:
         raise AuthenticationFailed("authentication failed: the peer did not answer") from None
     except OSError as exc:

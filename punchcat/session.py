@@ -95,8 +95,8 @@ def open_channel(link: Link, secret: str | None, reporter: Reporter):
         reporter.info("the link is not encrypted (no secret)")
         return PlainChannel(link.sock), link.leftover
     channel = secure(link.sock, secret, link.leader, link.local.encode(), link.peer.encode(),
-                     link.leftover, (link.local.side_id, link.peer.side_id))
-    reporter.info("secret proven by both sides; the link is encrypted (TLS 1.2, "
+                     link.leftover)
+    reporter.info("secret proven by both sides (SRP-6a); the link is encrypted (TLS 1.2, "
                   "ADH-AES128-GCM-SHA256)")
     return channel, b""
 

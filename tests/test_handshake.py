@@ -39,6 +39,29 @@ def test_version_mismatch_is_a_clear_error():
         parse_hello(MAGIC + bytes([9]))
 
 
+def test_a_version_1_peer_gets_one_clear_line():
+    # Version 2 changed how the secret is proven (SRP); a punchcat of the
+    # previous release must be told at the hello, before anything else.
+    assert VERSION == 2
+    old_peer = Hello(b"\x01" * 16, version=1).encode()
+    message = ("peer speaks punchcat protocol version 1 (an older punchcat), this punchcat "
+               "speaks version 2; run the same punchcat release on both sides")
+    with pytest.raises(RemoteProtocolError) as info:
+        parse_hello(old_peer)
+    assert str(info.value) == message and "\n" not in message
+    with pytest.raises(RemoteProtocolError, match="version 1 .an older punchcat."):
+        parse_hello(old_peer[:len(MAGIC) + 1])           # as soon as the version byte is in
+    e = Election(HIGH)
+    e.opened("c1")
+    with pytest.raises(RemoteProtocolError, match="an older punchcat"):
+        e.received("c1", old_peer)
+
+
+def test_a_newer_peer_is_named_as_such():
+    with pytest.raises(RemoteProtocolError, match="version 3 .a newer punchcat."):
+        parse_hello(MAGIC + bytes([3]))
+
+
 def test_unknown_mode_is_a_protocol_error():
     with pytest.raises(RemoteProtocolError, match="unknown mode"):
         parse_hello(MAGIC + bytes([VERSION, 77, 0]) + bytes(16))

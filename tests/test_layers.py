@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "punchcat"
 
 LAYERS = [
     # foundations: no punchcat imports but errors
-    ["errors", "schedule", "status", "sockopts", "mux", "handshake", "channel", "endpoints"],
+    ["errors", "schedule", "status", "sockopts", "mux", "handshake", "channel", "endpoints",
+     "srp"],
     # punch techniques and the secret
     ["traverse", "traverse.timing", "traverse.diagnosis", "traverse.sentinel", "secure"],
     # agreeing on a connection; moving data

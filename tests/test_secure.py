@@ -1,4 +1,4 @@
-"""The secret: proofs, the encrypted stream, tampering and truncation (no network)."""
+"""The secret: SRP inside TLS, codes, the encrypted stream, tampering and truncation (no network)."""
 
 import base64
 import decimal
@@ -8,16 +8,22 @@ import os
 import socket
 import threading
 
+import re
+import struct
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from punchcat import srp
 from punchcat.errors import LinkLost
 from punchcat.handshake import FLAG_SECRET, Hello
 from punchcat.relay import relay
-from punchcat.secure import AuthenticationFailed, SecureChannel, generate_secret, secure
+from punchcat.secure import (AuthenticationFailed, SecureChannel, _context, generate_code,
+                             generate_secret, normalize_secret, secure)
 
 LEADER, FOLLOWER = Hello(b"\xee" * 16, flags=FLAG_SECRET), Hello(b"\x11" * 16, flags=FLAG_SECRET)
 IDS = (LEADER.side_id, FOLLOWER.side_id)
+HELLOS = LEADER.encode() + FOLLOWER.encode()
 
 
 def both_sides(secret_leader, secret_follower, wrap=None):
@@ -30,7 +36,7 @@ def both_sides(secret_leader, secret_follower, wrap=None):
     def side(name, sock, leader, secret):
         try:
             local, peer = (LEADER, FOLLOWER) if leader else (FOLLOWER, LEADER)
-            out[name] = secure(sock, secret, leader, local.encode(), peer.encode(), b"", IDS)
+            out[name] = secure(sock, secret, leader, local.encode(), peer.encode(), b"")
         except Exception as exc:  # noqa: BLE001 - reported to the test
             out[name] = exc
             sock.close()
@@ -75,7 +81,7 @@ def test_a_peer_that_is_not_tls_fails_authentication():
     b.sendall(b"GET / HTTP/1.0\r\n\r\n" * 10)
     b.close()
     with pytest.raises(AuthenticationFailed):
-        secure(a, "s", False, FOLLOWER.encode(), LEADER.encode(), b"", IDS)
+        secure(a, "s", False, FOLLOWER.encode(), LEADER.encode(), b"")
 
 
 class Flipper:
@@ -118,7 +124,7 @@ def test_a_flipped_byte_is_detected_and_nothing_corrupt_is_delivered():
             leader.sendall(payload)
             leader.shutdown_write()
         except LinkLost:
-            pass              # the follower gave up first: expected
+            pass              # the follower gave up on the flipped byte: expected
     threading.Thread(target=send, daemon=True).start()
     received = bytearray()
     buf = bytearray(1 << 16)
@@ -187,5 +193,160 @@ def test_garbage_in_the_handshake_is_a_clean_failure(garbage):
     b.sendall(garbage)
     b.close()
     with pytest.raises(AuthenticationFailed):
-        secure(a, "s", False, FOLLOWER.encode(), LEADER.encode(), b"", IDS)
+        secure(a, "s", False, FOLLOWER.encode(), LEADER.encode(), b"")
     a.close()
+
+
+def test_the_call_of_older_callers_with_side_ids_still_works():
+    a, b = socket.socketpair()
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault(
+        "follower", secure(b, "s", False, FOLLOWER.encode(), LEADER.encode(), b"", IDS)))
+    t.start()
+    leader = secure(a, "s", True, LEADER.encode(), FOLLOWER.encode(), b"", IDS)
+    t.join(30)
+    assert isinstance(leader, SecureChannel) and isinstance(out["follower"], SecureChannel)
+
+
+# -- codes ------------------------------------------------------------------------------
+def test_generated_codes_are_three_groups_of_five_fresh_digits():
+    codes = {generate_code() for _ in range(200)}
+    assert len(codes) == 200
+    for code in codes:
+        assert re.fullmatch(r"[0-9]{5}-[0-9]{5}-[0-9]{5}", code)
+    assert 15 * math.log2(10) >= 40
+    assert normalize_secret(next(iter(codes))) == next(iter(codes)).replace("-", "")
+
+
+@pytest.mark.parametrize("typed", [
+    "48210-93755-62183", "48210 93755 62183", "482109375562183", " 48210  93755-62183\t",
+    "48210\u201393755\u201362183",                # en dashes (autocorrect, chat programs)
+    "48210\u00a093755\u202f62183",                # no-break and narrow no-break spaces
+    "4-8-2-1-0-9-3-7-5-5-6-2-1-8-3",
+])
+def test_a_code_is_its_digits_however_it_is_typed(typed):
+    assert normalize_secret(typed) == "482109375562183"
+
+
+@pytest.mark.parametrize("secret", [
+    "correct horse battery staple", "4821O-93755-62183",      # a letter O: not a code
+    "1234_5678", "+1 555 0100", "---", "  ", "-", "١٢٣-٤٥٦",  # no ASCII digit / other digits
+    "abc-123", generate_secret(),
+])
+def test_anything_that_is_not_a_code_is_used_as_given(secret):
+    assert normalize_secret(secret) == secret
+
+
+def test_a_code_typed_differently_on_each_side_authenticates():
+    leader, follower = both_sides("48210-93755-62183", "48210 93755 62183")
+    assert isinstance(leader, SecureChannel) and isinstance(follower, SecureChannel)
+    leader, follower = both_sides("48210-93755-62183", "48210-93755-62184")
+    assert isinstance(leader, AuthenticationFailed) and isinstance(follower, AuthenticationFailed)
+
+
+def test_a_secret_that_is_not_utf8_from_the_environment_still_works():
+    # os.environ hands undecodable bytes over as surrogate escapes.
+    secret = b"caf\xe9".decode("utf-8", "surrogateescape")
+    leader, follower = both_sides(secret, secret)
+    assert isinstance(leader, SecureChannel) and isinstance(follower, SecureChannel)
+
+
+# -- what an attacker who wins the punch receives ------------------------------------------
+def read_until_end(tls) -> bytes:
+    got = bytearray()
+    while True:
+        try:
+            data = tls.recv(65536)
+        except OSError:
+            break
+        if not data:
+            break
+        got += data
+    return bytes(got)
+
+
+def read_exactly(tls, n) -> bytes:
+    got = bytearray()
+    while len(got) < n:
+        data = tls.recv(n - len(got))
+        assert data, "the real side ended early"
+        got += data
+    return bytes(got)
+
+
+def test_an_attacker_leader_receives_salt_and_b_only():
+    # The attacker completes TLS as the leader (the SRP client) against a real
+    # follower and answers with a guess: all it ever gets is salt | B.
+    a, b = socket.socketpair()
+    out = {}
+
+    def follower():
+        try:
+            out["follower"] = secure(b, "right", False, FOLLOWER.encode(), LEADER.encode(), b"")
+        except AuthenticationFailed as exc:
+            out["follower"] = exc
+            b.close()
+    t = threading.Thread(target=follower)
+    t.start()
+    tls = _context(server=False).wrap_socket(a)
+    challenge = read_exactly(tls, srp.CHALLENGE_LEN)
+    guess = srp.SrpClient(b"a guess")
+    tls.sendall(guess.respond(challenge, tls.get_channel_binding("tls-unique"), HELLOS))
+    assert read_until_end(tls) == b""                      # no M2, nothing at all
+    t.join(30)
+    assert isinstance(out["follower"], AuthenticationFailed)
+    assert "does not know the same secret" in str(out["follower"])
+    tls.close()
+
+
+def test_an_attacker_follower_receives_a_and_m1_only_and_cannot_deliver_data():
+    # The attacker completes TLS as the follower (the SRP server), sends a
+    # challenge built from its own guess, then a made-up M2 and a data frame.
+    a, b = socket.socketpair()
+    out = {}
+
+    def leader():
+        try:
+            out["leader"] = secure(a, "right", True, LEADER.encode(), FOLLOWER.encode(), b"")
+        except AuthenticationFailed as exc:
+            out["leader"] = exc
+            a.close()
+    t = threading.Thread(target=leader)
+    t.start()
+    tls = _context(server=True).wrap_socket(b, server_side=True)
+    fake = srp.SrpServer(b"a guess")
+    tls.sendall(fake.challenge)
+    response = read_exactly(tls, srp.RESPONSE_LEN)             # PAD(A) | M1
+    tls.sendall(bytes(32) + struct.pack("!I", 5) + b"evil!")   # a wrong M2, then data
+    assert read_until_end(tls) == b""                          # nothing after A | M1
+    t.join(30)
+    assert isinstance(out["leader"], AuthenticationFailed)     # and no channel, no data
+    with pytest.raises(AuthenticationFailed):
+        fake.verify(response, tls.get_channel_binding("tls-unique"), HELLOS)
+    tls.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.booleans(), st.binary(max_size=1000))
+def test_garbage_inside_tls_is_a_clean_failure(attack_the_leader, garbage):
+    a, b = socket.socketpair()
+    mine, theirs = (b, a) if attack_the_leader else (a, b)
+    out = {}
+
+    def victim():
+        try:
+            hellos = (LEADER, FOLLOWER) if attack_the_leader else (FOLLOWER, LEADER)
+            out["victim"] = secure(theirs, "s", attack_the_leader, hellos[0].encode(),
+                                   hellos[1].encode(), b"")
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            out["victim"] = exc
+        theirs.close()
+    t = threading.Thread(target=victim)
+    t.start()
+    tls = _context(server=attack_the_leader).wrap_socket(mine, server_side=attack_the_leader)
+    tls.sendall(garbage)
+    tls.shutdown(socket.SHUT_WR)
+    read_until_end(tls)
+    t.join(30)
+    assert isinstance(out["victim"], AuthenticationFailed), out["victim"]
+    tls.close()
