@@ -69,6 +69,7 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
                     close(ev.conn)
             elif isinstance(ev, Drop):
                 reporter.info(f"dropped connection {_name(ev.conn)}: {ev.reason}")
+                seen.not_punchcat += 1
                 close(ev.conn)
 
     try:
@@ -80,9 +81,11 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
             check_interrupted()
             now = time.monotonic()
             if now >= deadline:
+                reporter.info(f"seen: {seen.summary()}")
                 raise NoConnection(explain(seen))
             for sock in [s for s, t in conns.items() if t <= now]:
                 reporter.info(f"dropped connection {_name(sock)}: no hello within {HELLO_TIMEOUT:g} s")
+                seen.no_hello += 1
                 close(sock)
             if now >= next_status:
                 next_status = now + STATUS_INTERVAL
@@ -117,6 +120,7 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
                 technique.tick(now)
             for sock in completed:
                 reporter.info(f"connection {_name(sock)} established")
+                seen.connections += 1
                 conns[sock] = now + HELLO_TIMEOUT
                 sel.register(sock, selectors.EVENT_READ)
                 carry_out(election.opened(sock))

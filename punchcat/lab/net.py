@@ -17,7 +17,12 @@ Per side the router can
   public address and the router is only a stateful firewall);
 * ``answer`` an unsolicited inbound SYN: ``drop`` it, ``reject`` it with a
   TCP reset from the firewall, or leave it to the router's own TCP stack,
-  which answers with a reset (``open``: no filter at all).
+  which answers with a reset (``open``: no filter at all);
+* put the host behind a second, ``inner`` NAT (a container bridge or a VM's
+  NAT: 172.17.0.0/24, port-preserving, nothing unsolicited let in)::
+
+    host a ── inner a ── router a ── …
+    172.17.0.2   192.168.1.2   198.51.100.10
 
 Needs root, ``ip`` (iproute2) and ``nft`` (nftables).  Traffic never leaves
 the namespaces the lab creates, and :meth:`Lab.close` removes them all, also
@@ -67,6 +72,10 @@ class Side:
 
     nat: str = "preserve"
     answer: str = "drop"
+    #: The host sits behind a second NAT inside the home, like a container
+    #: on a Docker bridge (172.17.0.0/24, port-preserving masquerade, nothing
+    #: unsolicited forwarded).
+    inner: bool = False
 
     def __post_init__(self):
         if self.nat not in NAT_MODES:
@@ -80,6 +89,24 @@ _WAN = {"a": ("198.51.100.10", "198.51.100.1", "198.18.1"),
         "b": ("203.0.113.20", "203.0.113.1", "198.18.2")}
 _CORE_LINK = ("192.0.2.1", "192.0.2.2")
 _PRIVATE_LAN = "192.168.1"
+_INNER_LAN = "172.17.0"
+
+#: The inner NAT of Side(inner=True): a container bridge.
+_INNER_RULESET = """
+table inet inner {
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "lan" accept
+    }
+}
+table ip innernat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "uplink" masquerade
+    }
+}
+"""
 
 
 def _ruleset(side: Side) -> str:
@@ -131,8 +158,11 @@ class Lab:
     def __init__(self, a: Side = Side(), b: Side = Side(), ipv6: bool = False):
         self.sides = {"a": a, "b": b}
         self.ipv6 = ipv6
+        if ipv6 and (a.inner or b.inner):
+            raise ValueError("an inner NAT is IPv4 only")
         tag = f"{PREFIX}{os.getpid()}-{next(_counter)}"
-        self.ns = {role: f"{tag}-{role}" for role in ("a", "ra", "c1", "c2", "rb", "b")}
+        roles = ["a", "ra", "c1", "c2", "rb", "b"] + [f"i{s}" for s in "ab" if self.sides[s].inner]
+        self.ns = {role: f"{tag}-{role}" for role in roles}
         self.procs: list[subprocess.Popen] = []
         self._built: list[str] = []
 
@@ -169,9 +199,13 @@ class Lab:
             _ip("netns", "add", name)
             self._built.append(name)
         ns = self.ns
-        links = [("a", "eth0", "ra", "lan"), ("ra", "wan", "c1", "west"),
-                 ("c1", "east", "c2", "west"), ("c2", "east", "rb", "wan"),
-                 ("rb", "lan", "b", "eth0")]
+        links = [("ra", "wan", "c1", "west"), ("c1", "east", "c2", "west"),
+                 ("c2", "east", "rb", "wan")]
+        for side in "ab":
+            if self.sides[side].inner:
+                links += [(side, "eth0", f"i{side}", "lan"), (f"i{side}", "uplink", f"r{side}", "lan")]
+            else:
+                links.append((side, "eth0", f"r{side}", "lan"))
         for left, lname, right, rname in links:
             _ip("link", "add", lname, "netns", ns[left], "type", "veth",
                 "peer", "name", rname, "netns", ns[right])
@@ -189,15 +223,21 @@ class Lab:
                 lan, host = f"{_PRIVATE_LAN}.1/24", f"{_PRIVATE_LAN}.2/24"
             config[router] = [f"addr add {wan}/24 dev wan", f"addr add {lan} dev lan",
                               f"route add default via {gateway}"]
-            config[side] = [f"addr add {host} dev eth0",
-                            f"route add default via {lan.split('/')[0]}"]
+            home = [f"addr add {host} dev eth0", f"route add default via {lan.split('/')[0]}"]
+            if self.sides[side].inner:
+                config[f"i{side}"] = [cmd.replace("eth0", "uplink") for cmd in home] + [
+                    f"addr add {_INNER_LAN}.1/24 dev lan"]
+                home = [f"addr add {_INNER_LAN}.2/24 dev eth0",
+                        f"route add default via {_INNER_LAN}.1"]
+            config[side] = home
         if self.ipv6:
             self._add_ipv6(config)
         for role, name in ns.items():
             # No duplicate address detection: addresses usable at once.
             self.sh(role, "for f in /proc/sys/net/ipv6/conf/*/accept_dad; do echo 0 > $f; done")
             ifaces = {"a": ["eth0"], "b": ["eth0"], "ra": ["lan", "wan"], "rb": ["lan", "wan"],
-                      "c1": ["west", "east"], "c2": ["west", "east"]}[role]
+                      "c1": ["west", "east"], "c2": ["west", "east"],
+                      "ia": ["lan", "uplink"], "ib": ["lan", "uplink"]}[role]
             batch = ["link set lo up"] + [f"link set {i} up" for i in ifaces] + config[role]
             _ip("-n", name, "-batch", "-", stdin="\n".join(batch) + "\n")
             if role not in ("a", "b"):
@@ -207,9 +247,13 @@ class Lab:
         for side, router in (("a", "ra"), ("b", "rb")):
             _run(["ip", "netns", "exec", ns[router], "nft", "-f", "-"],
                  stdin=_ruleset(self.sides[side]))
+            if self.sides[side].inner:
+                _run(self.command(f"i{side}", ["nft", "-f", "-"]), stdin=_INNER_RULESET)
 
     def host_address(self, side: str) -> str:
         """Host *side*'s own address in its LAN."""
+        if self.sides[side].inner:
+            return f"{_INNER_LAN}.2"
         if self.sides[side].nat == "none":
             return f"{_WAN[side][2]}.2"
         return f"{_PRIVATE_LAN}.2"

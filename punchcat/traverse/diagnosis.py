@@ -14,7 +14,23 @@ class Observations:
     family: int
     clock_error: float
     ports: int = 0            # candidate ports held at the end
-    refused: int = 0          # full-TTL probes answered with a reset
+    unbindable: int = 0       # candidate ports another program holds here
+    probes: int = 0           # full-TTL SYNs sent
+    refused: int = 0          # ... answered with a reset
+    unreachable: int = 0      # ... answered with an ICMP error
+    silent: int = 0           # ... with no answer before the port's next socket
+    sentinel_refused: int = 0  # low-TTL SYNs answered with a reset (someone that close)
+    sentinel_unreachable: int = 0
+    connections: int = 0      # TCP connections completed (the peer's SYN met ours)
+    not_punchcat: int = 0     # ... that turned out not to be a punchcat
+    no_hello: int = 0         # ... on which no hello came
+
+    def summary(self) -> str:
+        """The counters, for -v."""
+        return (f"{self.probes} probes ({self.refused} reset, {self.unreachable} ICMP, "
+                f"{self.silent} unanswered), sentinels answered by {self.sentinel_refused} "
+                f"resets and {self.sentinel_unreachable} ICMP errors, {self.connections} "
+                f"connections ({self.not_punchcat} not punchcat, {self.no_hello} without hello)")
 
 
 def explain(obs: Observations) -> str:

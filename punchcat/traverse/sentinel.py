@@ -65,6 +65,7 @@ class SentinelPunch:
         self.seen = observations
         self.rng = rng or random.SystemRandom()
         self.socks: dict[int, socket.socket] = {}     # port -> its current socket
+        self.probing: set[int] = set()                # ports whose socket is a probe
         self.unbindable: set[int] = set()
         self.buckets: list[int] = []
         self.schedule: SentinelSchedule | None = None
@@ -100,10 +101,21 @@ class SentinelPunch:
             self.schedule.connected(port, now)
             sockopts.settle(sock)
             return sock
+        full = port in self.probing
         self._drop(port)
-        refused = err == errno.ECONNREFUSED
-        if refused and self.schedule.ports[port].full:
-            self.seen.refused += 1
+        refused = err in (errno.ECONNREFUSED, errno.ECONNRESET)
+        if refused:
+            if full:
+                self.seen.refused += 1
+            else:
+                self.seen.sentinel_refused += 1
+        elif err != errno.ETIMEDOUT:
+            if full:
+                self.seen.unreachable += 1
+            else:
+                self.seen.sentinel_unreachable += 1
+        elif full:
+            self.seen.silent += 1
         self.schedule.ended(port, now, refused)
         return None
 
@@ -137,6 +149,8 @@ class SentinelPunch:
         port = action.port
         if port not in self.schedule.ports:
             return                       # given up by an earlier action of this batch
+        if port in self.probing:
+            self.seen.silent += 1        # the previous probe got no answer in time
         self._drop(port)
         try:
             sock = sockopts.punch_socket(self.family, port)
@@ -145,6 +159,7 @@ class SentinelPunch:
             self.unbindable.add(port)
             self.schedule.forget(port)
             self.seen.ports = len(self.schedule.ports)
+            self.seen.unbindable = len(self.unbindable)
             self.reporter.info(f"port {port} is in use here, skipped")
             return
         if not action.full:
@@ -152,7 +167,9 @@ class SentinelPunch:
             if self.min_ttl_works:
                 self.min_ttl_works = sockopts.set_min_ttl(sock, LOW_TTL)
         err = sock.connect_ex((self.peer, port))
-        if not action.full:
+        if action.full:
+            self.seen.probes += 1
+        else:
             sockopts.set_ttl(sock, -1)
         if err not in (0, errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
             # e.g. EADDRNOTAVAIL: the 4-tuple is still in TIME_WAIT here.
@@ -160,9 +177,12 @@ class SentinelPunch:
             self.schedule.arm_failed(port, now)
             return
         self.socks[port] = sock
+        if action.full:
+            self.probing.add(port)
         self.sel.register(sock, selectors.EVENT_WRITE, Registration(self, port))
 
     def _drop(self, port: int, close: bool = True) -> None:
+        self.probing.discard(port)
         sock = self.socks.pop(port, None)
         if sock is None:
             return
