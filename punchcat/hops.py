@@ -141,6 +141,8 @@ SILENT = "silent"
 #: answers at all from farther away.
 MAX_TTL = 8
 FAR_TTL = 64
+#: The TTL when nothing could be probed (what punchcat used before).
+FALLBACK_TTL = 2
 #: Hard deadline of a discovery (seconds).
 TIMEOUT = 0.2
 #: Once the answer cannot change any more, wait this long (or half the time
@@ -254,6 +256,7 @@ class HopsResult:
     conclusive: bool
     reason: str
     elapsed: float = 0.0
+    probed: bool = True            # False: no probe could be sent at all
 
     @property
     def sentinel(self) -> bool:
@@ -429,6 +432,8 @@ def describe(result: HopsResult) -> str:
         side = (f"at least {_plural(result.inside, 'NAT')} on this side ({', '.join(ours)}), " +
                 (f"hop {result.blocked} refuses the probes" if result.blocked is not None
                  else "nothing heard from outside"))
+    elif not result.probed:
+        side = "could not probe the path"
     else:
         side = "no hop answered"
     if result.peer_distance is not None:
@@ -558,7 +563,16 @@ def discover(peer: str, port: int = PORT, max_ttl: int = MAX_TTL,
             sock.close()
     elapsed = time.monotonic() - started
     probes = [answers.get(t, Hop(t)) for t in range(1, max_ttl + 1)]
-    return classify(peer, probes, answers.get(far_ttl), max_ttl, elapsed)
+    result = classify(peer, probes, answers.get(far_ttl), max_ttl, elapsed)
+    if not sent or all(answers.get(t, Hop(t)).kind == LOCAL for t in sent):
+        # Nothing went out (no IP_RECVERR on this system, no route, a local
+        # firewall): no evidence at all; the TTL punchcat always used.
+        errors = sorted({h.error for h in answers.values() if h.error})
+        result = dataclasses.replace(
+            result, ttls=(FALLBACK_TTL,), conclusive=False, probed=False,
+            reason=f"the probes could not be sent ({', '.join(errors) or 'no socket'}); "
+                   f"TTL {FALLBACK_TTL}, which assumes one NAT hop")
+    return result
 
 
 def _finished(result: HopsResult, answers: dict[int, Hop], max_ttl: int,

@@ -356,6 +356,17 @@ def test_the_deadline_holds_when_nothing_answers():
     assert 0.08 <= took < 0.3 and 0.08 <= r.elapsed < 0.3
 
 
+def test_no_probe_possible_falls_back_to_ttl_2(monkeypatch):
+    def no_socket(family, ttl):
+        raise OSError(errno.ENOPROTOOPT, "no IP_RECVERR here")
+    monkeypatch.setattr(hops, "_probe_socket", no_socket)
+    started = time.monotonic()
+    r = hops.discover("127.0.0.1")
+    assert time.monotonic() - started < 0.05
+    assert (r.ttls, r.conclusive, r.probed) == ((2,), False, False)
+    assert r.describe() == "could not probe the path; sentinel TTL 2 (unsure)"
+
+
 def test_command_line(capsys):
     assert hops.main(["127.0.0.1"]) == 0
     assert capsys.readouterr().out.startswith("peer is 1 hop away (same link)")
