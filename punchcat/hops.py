@@ -58,7 +58,11 @@ Recommendation (``HopsResult.ttls``)
 * Our side known, the peer known and ``need`` beyond the cap (a peer on the
   same link, ``d = 1``; behind our own NAT, ``d = 2``; right behind it): no
   TTL both passes our NATs and dies before the peer's router; no sentinel:
-  plain simultaneous open (``ttls == ()``).
+  plain simultaneous open (``ttls == ()``), full-TTL SYNs.  With no router
+  between, the peer's kernel answers a SYN on a port it holds no socket for
+  with a reset, so SYN_SENT sockets alone meet only if the SYNs cross; a
+  listening socket on each port as well (``SO_REUSEPORT``, no NAT between
+  to mind its fresh sequence number) connects at once (measured in the lab).
 * Our side known, the peer silent and ``need > L - 1`` (nothing heard beyond
   our first outside hop, common where ISP routers are silent): ``need`` all
   the same, flagged inconclusive.  Its sentinel dies at hop ``need``, a
@@ -72,6 +76,14 @@ Recommendation (``HopsResult.ttls``)
   distance is known they are capped as above.  Rotate by port
   (:meth:`HopsResult.ttl_for`), not in time: a wrong TTL that draws a reset
   then spoils only its own ports.
+
+Routers limit their ICMP errors (Linux: 6 per destination at once, then one
+a second).  A discovery costs each router one, and the peer (or the router
+that ends the path) one per probe that reaches it; a second discovery
+within seconds may hear silence where the first heard answers (measured:
+the 7th in a row hears nothing).  The sentinels themselves spend the budget
+of the router where they die.  Discover once per run, before the first
+sentinel, and keep the result (``-k`` punches again toward the same peer).
 
 The sentinel's own ICMP error
 -----------------------------

@@ -16,6 +16,7 @@ and a new chain first deletes those of processes that are gone.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import re
@@ -59,7 +60,6 @@ def _addr(cidr: str) -> str:
 
 
 def _net(cidr: str) -> str:
-    import ipaddress
     return str(ipaddress.ip_interface(cidr).network)
 
 
@@ -170,7 +170,8 @@ table inet pchop {{
     chain input {{
         type filter hook input priority filter; policy accept;
         ct state established,related accept
-        icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert }} accept
+        icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert,
+                       nd-router-solicit, nd-router-advert }} accept
         {guard}
     }}
     chain forward {{

@@ -139,7 +139,8 @@ def test_discovery_needs_no_privileges(chain):
             break
     else:
         pytest.skip(f"no Python here that user 65534 may run with {ROOT}: {done.stderr[-200:]}")
-    assert done.stdout.strip() == "65534 2 NATs on this side (172.17.0.1, 192.168.1.1); sentinel TTL 3"
+    assert done.stdout.strip() == \
+        "65534 2 NATs on this side (172.17.0.1, 192.168.1.1); sentinel TTL 3"
 
 
 def test_everything_silent_takes_the_deadline(chain):
@@ -163,7 +164,8 @@ def test_everything_silent_takes_the_deadline(chain):
 SENTINEL = r"""
 import errno, os, select, socket, sys, time
 from punchcat import hops
-peer, port, ttl, how, guard = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+peer, port, ttl, how = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+guard = float(sys.argv[5])
 os.sched_setaffinity(0, {0})
 family = socket.AF_INET6 if ":" in peer else socket.AF_INET
 level, ttl_opt, min_opt = ((socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops.IPV6_MINHOPCOUNT)
