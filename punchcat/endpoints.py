@@ -79,6 +79,18 @@ def resolve(host: str, what: str = "PEER", family: int = socket.AF_UNSPEC) -> Ad
     return Address(found_family, sockaddr[0])
 
 
+def is_own_address(address: Address) -> bool:
+    """Whether *address* belongs to this host (it can be bound here)."""
+    sock = socket.socket(address.family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((address.host, 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
 def endpoint(spec: str, option: str, what: str) -> Endpoint:
     """Parse and resolve ``[HOST:]PORT`` given to *option*."""
     host, port = split_endpoint(spec, option)

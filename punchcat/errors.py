@@ -49,14 +49,22 @@ class AuthenticationFailed(PunchcatError):
 class LinkLost(PunchcatError):
     """The punched connection broke while data was moving."""
 
+    #: Only a consequence: the connection had already failed, and another
+    #: call on it got the cause (a broken pipe after a timeout or a reset).
+    consequence = False
+
     @classmethod
     def from_os(cls, exc: OSError, doing: str) -> "LinkLost":
         """The one wording for a failed socket call on the link (*doing*:
         "sending", "receiving", "closing"), on every path."""
         if exc.errno == errno.ETIMEDOUT:
-            return cls(f"connection lost while {doing}: the peer stopped answering "
+            lost = cls(f"connection lost while {doing}: the peer stopped answering "
                        f"(it or the path to it is gone)")
-        return cls(f"connection lost while {doing}: {exc.strerror or exc}")
+        else:
+            lost = cls(f"connection lost while {doing}: {exc.strerror or exc}")
+            lost.consequence = exc.errno == errno.EPIPE
+        lost.doing = doing
+        return lost
 
 
 class InputFailed(PunchcatError):

@@ -11,7 +11,7 @@ import math
 import socket
 from dataclasses import dataclass
 
-from .endpoints import Address, Endpoint, endpoint, resolve
+from .endpoints import Address, Endpoint, endpoint, is_own_address, resolve
 from .errors import PunchcatError, UsageError
 from .handshake import Mode
 from .secure import read_secret_file
@@ -79,6 +79,9 @@ def parse(*, peer: str | None, timeout: float, clock_error: float, run_window: f
 
     family = socket.AF_INET if ipv4 else socket.AF_INET6 if ipv6 else socket.AF_UNSPEC
     address = resolve(peer, family=family) if peer is not None and not plan else None
+    if address is not None and is_own_address(address):
+        raise UsageError(f"PEER {address.host} is an address of this host: name the other "
+                         f"host's address (to try punchcat on one machine, run punchcat-lab)")
     target = endpoint(connect, "-c", "-c host") if connect is not None else None
     local = endpoint(listen, "-L", "-L address") if listen is not None else None
     mode = Mode.LISTEN if local else Mode.CONNECT if target else Mode.PIPE

@@ -40,13 +40,15 @@ from typing import Callable
 
 from .channel import KernelPipe, grow_pipe
 from .errors import InputFailed, LinkLost, OutputFailed, PunchcatError, check_interrupted
-from .sockopts import PORTABLE
+from .sockopts import PORTABLE, timed_out
 
 BUFSIZE = 1024 * 1024
 #: Most bytes asked of one splice/sendfile call.
 CHUNK = 4 * 1024 * 1024
 #: Pipe size asked for (F_SETPIPE_SZ); the default is 64 KiB.
 PIPE_SIZE = 1024 * 1024
+#: How long a broken pipe waits for the other flow to report the cause.
+CAUSE_GRACE = 0.5
 HAVE_SPLICE = hasattr(os, "splice") and not PORTABLE
 HAVE_SENDFILE = hasattr(os, "sendfile") and not PORTABLE
 
@@ -225,6 +227,20 @@ def _down_splice(channel, fd: int, stats: Stats) -> None:
 
 # -- both -------------------------------------------------------------------------
 
+def _cause(exc: LinkLost, results: queue.Queue, channel) -> PunchcatError:
+    """A broken pipe only says the connection was already gone: the other flow
+    on the same socket may be reporting why, or else the socket tells."""
+    try:
+        other = results.get(timeout=CAUSE_GRACE)
+        if other is not None:
+            return other
+    except queue.Empty:
+        pass
+    if timed_out(channel.sock):
+        return LinkLost.from_os(OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)), exc.doing)
+    return exc
+
+
 def relay(channel, source_fd: int, sink_fd: int, leftover: bytes = b"",
           sink_eof: Callable[[], None] | None = None,
           progress: Callable[[Stats], None] | None = None) -> Stats:
@@ -264,6 +280,8 @@ def relay(channel, source_fd: int, sink_fd: int, leftover: bytes = b"",
                     if progress is not None:
                         progress(stats)
             if exc is not None:
+                if getattr(exc, "consequence", False):
+                    exc = _cause(exc, results, channel)
                 raise exc
     finally:
         stats.ended = time.monotonic()

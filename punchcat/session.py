@@ -25,8 +25,10 @@ from .relay import relay
 from .schedule import article_plan
 from .secure import secure
 from .status import VERBOSE, Reporter, describe, show_progress
-from .traverse import Technique
+from .traverse import Technique, hops
+from .traverse.candidates import ArticlePorts
 from .traverse.diagnosis import Observations
+from .traverse.direct import DirectPunch
 from .traverse.sentinel import SentinelPunch
 
 #: Seconds added to the clock, for testing clock skew (not a user option).
@@ -53,10 +55,15 @@ def run(opts: Options, reporter: Reporter) -> None:
         plan = article_plan(now, opts.clock_error, opts.run_window, opts.ports)
         reporter.info(f"bucket {plan.bucket} (the article's rendezvous would be in "
                       f"{plan.rendezvous - now:.0f} s), ports {' '.join(map(str, plan.ports))}")
+        # Once per run: routers answer few ICMP errors in a row, and the path
+        # toward the same peer does not change between -k sessions.
+        route = hops.discover(opts.peer.host)
+        reporter.info(f"path to {opts.peer.host}: {route.describe()} "
+                      f"[{route.elapsed * 1000:.0f} ms]")
         while True:
             started = time.monotonic()
             try:
-                link = punch(opts, reporter, started + opts.timeout)
+                link = punch(opts, route, reporter, started + opts.timeout)
                 reporter.info(f"connected to {opts.peer.host} in "
                               f"{time.monotonic() - started:.2f} s")
                 sockopts.prepare_link(link.sock, opts.keepalive)
@@ -74,18 +81,21 @@ def run(opts: Options, reporter: Reporter) -> None:
             listener.close()
 
 
-def techniques(opts: Options, reporter: Reporter, seen: Observations) -> list[Technique]:
+def techniques(opts: Options, route: hops.HopsResult, reporter: Reporter,
+               seen: Observations) -> list[Technique]:
     """The punch techniques of one session, all run at once."""
     peer = opts.peer
-    return [SentinelPunch(peer.family, peer.host, clock, opts.clock_error, opts.run_window,
-                          opts.ports, reporter, seen)]
+    ports = ArticlePorts(clock, opts.clock_error, opts.run_window, opts.ports, reporter)
+    if not route.sentinel:           # the peer is too near for a sentinel
+        return [DirectPunch(peer.family, peer.host, ports, reporter, seen)]
+    return [SentinelPunch(peer.family, peer.host, ports, route, reporter, seen)]
 
 
-def punch(opts: Options, reporter: Reporter, deadline: float) -> Link:
+def punch(opts: Options, route: hops.HopsResult, reporter: Reporter, deadline: float) -> Link:
     """Run the techniques until one verified connection is agreed."""
-    seen = Observations(opts.peer.host, opts.peer.family, opts.clock_error)
+    seen = Observations(opts.peer.host, opts.peer.family, opts.clock_error, clock, route)
     hello = Hello.fresh(opts.mode, FLAG_SECRET if opts.secret else 0)
-    return agree(techniques(opts, reporter, seen), hello, deadline, reporter, seen)
+    return agree(techniques(opts, route, reporter, seen), hello, deadline, reporter, seen)
 
 
 def open_channel(link: Link, secret: str | None, reporter: Reporter):

@@ -32,6 +32,8 @@ IPV6_MINHOPCOUNT = None if PORTABLE else getattr(
     socket, "IPV6_MINHOPCOUNT", 73 if os.uname().sysname == "Linux" else None)
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", None)
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25 if os.uname().sysname == "Linux" else None)
+#: tcp_info.tcpi_state of a closed connection (Linux's TCP_CLOSE).
+TCP_CLOSE = 7
 #: A punch socket's TCP_USER_TIMEOUT (ms): the kernel gives up at its first
 #: SYN retransmission instead of re-sending it (our own recycling comes first).
 PUNCH_USER_TIMEOUT_MS = 100
@@ -72,6 +74,30 @@ def set_min_ttl(sock: socket.socket, ttl: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def arm_sentinel(sock: socket.socket, ttl: int) -> bool:
+    """Before ``connect()``: give *sock*'s SYN the TTL *ttl* and make the
+    kernel ignore the ICMP time-exceeded it provokes (the router where it
+    dies answers with one, which would abort a socket in SYN_SENT).  The
+    caller restores the TTL after ``connect()``.
+
+    IPv4: ``IP_MINTTL`` = *ttl*; for an ICMP error Linux compares it with the
+    TTL left in the quoted copy of our SYN (1 or less where it died), while
+    the peer's packets arrive with a TTL near 64 and pass.  IPv6:
+    ``IPV6_MINHOPCOUNT`` is compared with the hop limit of the ICMPv6 packet
+    itself, so only 255 ignores it; :func:`lift_guard` lowers it again once
+    the error can no longer come (see :mod:`punchcat.traverse.hops`).
+    Returns False when the option is missing (the sentinel then dies at
+    its first ICMP error)."""
+    set_ttl(sock, ttl)
+    return set_min_ttl(sock, 255 if sock.family == socket.AF_INET6 else ttl)
+
+
+def lift_guard(sock: socket.socket) -> None:
+    """IPv6: accept packets of any hop limit again (the peer's SYN)."""
+    if sock.family == socket.AF_INET6:
+        set_min_ttl(sock, 0)
 
 
 def punch_socket(family: int, port: int) -> socket.socket:
@@ -123,6 +149,20 @@ def limit_unsent(sock: socket.socket, size: int) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, size)
         except OSError:
             pass
+
+
+def timed_out(sock: socket.socket) -> bool:
+    """Whether *sock*'s connection ended because the peer stopped answering
+    (retransmissions or keepalive probes unanswered), from TCP_INFO (Linux);
+    for when the ETIMEDOUT itself went to another call on the socket."""
+    if not hasattr(socket, "TCP_INFO"):
+        return False
+    try:
+        state, _ca, retransmits, probes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO,
+                                                          8)[:4]
+    except OSError:
+        return False
+    return state == TCP_CLOSE and (retransmits > 0 or probes > 0)
 
 
 def reset_close(sock: socket.socket) -> None:

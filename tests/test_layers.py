@@ -15,7 +15,9 @@ LAYERS = [
     ["errors", "schedule", "status", "sockopts", "mux", "handshake", "channel", "endpoints",
      "srp"],
     # punch techniques and the secret
-    ["traverse", "traverse.timing", "traverse.diagnosis", "traverse.sentinel", "secure"],
+    ["traverse", "traverse.timing", "traverse.hops", "traverse.diagnosis", "traverse.candidates",
+     "traverse.sentinel", "traverse.direct",
+     "secure"],
     # agreeing on a connection; moving data
     ["agree", "relay", "forward"],
     # one run, and the command lines

@@ -45,8 +45,19 @@ def test_regular_files_in_and_out(make_lab, payload, tmp_path):
         assert sha((tmp_path / f"out-{side}").read_bytes()) == sha(sent[other])
 
 
-def test_no_peer_times_out_with_the_likely_causes(make_lab):
-    lab = make_lab()
+#: The failure line's clock reading, "(here 09:01:17 UTC)".
+HERE = re.compile(r"\(here (\d\d):(\d\d):(\d\d) UTC\)")
+
+
+def failure_line(run_or_err) -> str:
+    err = run_or_err if isinstance(run_or_err, str) else run_or_err.stderr
+    lines = [line for line in err.splitlines() if line.startswith("punchcat: ")]
+    assert lines, err
+    return lines[-1]
+
+
+def test_no_peer_times_out_with_what_was_seen(make_lab):
+    lab = make_lab(Side(answer="reject"), Side(answer="reject"))
     proc = lab.popen("a", [*PUNCHCAT, "-w", "3", lab.peer_of("a")],
                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=30)
@@ -54,8 +65,35 @@ def test_no_peer_times_out_with_the_likely_causes(make_lab):
     assert out == b""
     lines = err.decode().splitlines()
     assert len(lines) == 1
-    assert "no connection" in lines[0] and "running there" in lines[0]
-    assert "preserve source ports" in lines[0]
+    line = lines[0]
+    assert line.startswith("punchcat: no connection to 203.0.113.20: this side: 1 NAT on this side "
+                           "(192.168.1.1), peer 4 hops away; sentinel TTL 2; no SYN of its "
+                           "reached this host; its side answered all "), line
+    assert "Is punchcat running there, pointed at this host's public IPv4 address, with a clock " \
+           "within 40 s of this one (here " in line
+    assert HERE.search(line)
+    assert "preserve source ports" not in line         # nothing points to it
+
+
+def test_a_clock_too_far_off_shows_both_readings(make_lab):
+    lab = make_lab()
+    # An offset whose buckets share no port with ours (5 % of offsets would).
+    offset = next(o for o in range(100, 400, 7)
+                  if not set(active_ports(time.time() + o, 20, 10, 16))
+                  & set(active_ports(time.time(), 20, 10, 16))
+                  and not set(active_ports(time.time() + o + 10, 20, 10, 16))
+                  & set(active_ports(time.time() + 10, 20, 10, 16)))
+    runs = run_pair(lab, ["-w", "4"], stdin={"a": b"x", "b": b"y"}, delay_b=0.2, timeout=30,
+                    env={"b": {"PUNCHCAT_CLOCK_OFFSET": str(offset)}})
+    clocks = []
+    for side in "ab":
+        assert runs[side].returncode == 1
+        line = failure_line(runs[side])
+        assert "with a clock within 40 s of this one" in line
+        h, m, sec = map(int, HERE.search(line).groups())
+        clocks.append(h * 3600 + m * 60 + sec)
+    apart = (clocks[1] - clocks[0]) % 86400
+    assert abs(apart - offset) <= 3, (clocks, offset)    # the user can compare them
 
 
 SERVICE = r"""
@@ -179,4 +217,23 @@ def test_a_nat_that_randomises_ports_fails_clearly(make_lab):
         assert run.elapsed < 4 + 3
         assert run.stdout == b""
         lines = run.stderr.splitlines()
-        assert len(lines) == 1 and "preserve source ports" in lines[0]
+        assert len(lines) == 1
+        assert "no SYN of its reached this host" in lines[0]
+        assert "a NAT that gives each connection a random port" in lines[0]
+
+
+# -- issue 12: a host behind two NATs (a container bridge behind the home router) --
+
+@pytest.mark.parametrize("answer", ["drop", "reject"])
+@pytest.mark.parametrize("inner", ["a", "b", "ab"])
+def test_a_host_behind_two_nats(make_lab, payload, inner, answer):
+    lab = make_lab(Side(answer=answer, inner="a" in inner), Side(answer=answer, inner="b" in inner))
+    runs = exchange(lab, payload, delay_b=0.5)
+    for side in inner:
+        assert re.search(r"path to \S+: 2 NATs on this side \(172.17.0.1, 192.168.1.1\)"
+                         r"(, peer 5 hops away)?; sentinel TTL 3 ", runs[side].stderr)
+
+
+def test_two_nats_each_and_a_late_second_peer(make_lab, payload):
+    lab = make_lab(Side(answer="reject", inner=True), Side(answer="reject", inner=True))
+    exchange(lab, payload, delay_b=15.0)

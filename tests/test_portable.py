@@ -1,5 +1,5 @@
 """The portable code paths, run on Linux: PUNCHCAT_PORTABLE=1 switches off
-splice, sendfile and IP_MINTTL, so the fallbacks that other systems take are
+splice, sendfile, IP_MINTTL and hop discovery (IP_RECVERR), so the fallbacks that other systems take are
 not dead code here."""
 
 import os
@@ -18,12 +18,12 @@ PORTABLE = {**os.environ, "PUNCHCAT_PORTABLE": "1"}
 
 
 def test_portable_mode_switches_the_linux_paths_off():
-    probe = ("from punchcat import relay, sockopts; "
+    probe = ("from punchcat import relay, sockopts; from punchcat.traverse import hops; "
              "print(relay.HAVE_SPLICE, relay.HAVE_SENDFILE, sockopts.IP_MINTTL, "
-             "sockopts.IPV6_MINHOPCOUNT)")
+             "sockopts.IPV6_MINHOPCOUNT, hops.AVAILABLE)")
     out = subprocess.run([sys.executable, "-c", probe], env=PORTABLE, capture_output=True,
                          text=True, check=True).stdout.split()
-    assert out == ["False", "False", "None", "None"]
+    assert out == ["False", "False", "None", "None", "False"]
 
 
 def test_the_relay_tests_pass_on_the_portable_paths():

@@ -1,9 +1,27 @@
-"""What this side saw while punching, and the line that explains a failure."""
+"""What this side saw while punching, and the line that explains a failure.
+
+The techniques count what happened to their SYNs in one
+:class:`Observations`; :func:`explain` turns it into the last line of a
+failed run: what was seen, then what it suggests, and nothing it does not
+support.  Some causes look alike from one side (a peer that is not
+running, a clock too far off and a NAT that gives random ports all leave
+our probes unanswered and no SYN of the peer's arriving), so the line names
+the observation and the checks that tell them apart, with this side's clock
+reading to compare with the peer's line.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .hops import HopsResult
+
+#: Carrier-grade NAT's shared address space (RFC 6598).
+SHARED = ipaddress.ip_network("100.64.0.0/10")
 
 
 @dataclass
@@ -13,6 +31,8 @@ class Observations:
     peer: str
     family: int
     clock_error: float
+    clock: Callable[[], float] = time.time
+    route: HopsResult | None = None     # what hop discovery found
     ports: int = 0            # candidate ports held at the end
     unbindable: int = 0       # candidate ports another program holds here
     probes: int = 0           # full-TTL SYNs sent
@@ -24,6 +44,7 @@ class Observations:
     connections: int = 0      # TCP connections completed (the peer's SYN met ours)
     not_punchcat: int = 0     # ... that turned out not to be a punchcat
     no_hello: int = 0         # ... on which no hello came
+    notes: list[str] = field(default_factory=list)   # techniques' own findings
 
     def summary(self) -> str:
         """The counters, for -v."""
@@ -33,15 +54,61 @@ class Observations:
                 f"connections ({self.not_punchcat} not punchcat, {self.no_hello} without hello)")
 
 
-def explain(obs: Observations) -> str:
+def explain(seen: Observations) -> str:
     """The failure line: what was observed and what it suggests."""
-    if not obs.ports:
-        return (f"no connection to {obs.peer}: none of the candidate ports "
-                f"could be bound here")
-    heard = (f"; its router answered {obs.refused} probes with a reset, so it is "
-             f"reachable" if obs.refused else "")
-    family = "IPv6" if obs.family == socket.AF_INET6 else "IPv4"
-    return (f"no connection to {obs.peer}: is punchcat running there, pointed at this "
-            f"host's public {family} address, with a clock within "
-            f"{2 * obs.clock_error:g} s of this one{heard}? Both NATs must preserve "
-            f"source ports; a NAT that randomises them cannot be punched")
+    peer = seen.peer
+    if not seen.ports:
+        return (f"no connection to {peer}: none of the candidate ports could be bound here "
+                f"({seen.unbindable} are in use by other programs)")
+    facts: list[str] = []
+    route = seen.route
+    if route is not None:
+        facts.append(f"this side: {route.describe()}")
+    if seen.connections:
+        reached = [f"{seen.connections} connections completed"]
+        if seen.not_punchcat:
+            reached.append(f"{seen.not_punchcat} to something that is not punchcat "
+                           f"(a server on a candidate port there?)")
+        if seen.no_hello:
+            reached.append(f"{seen.no_hello} carried no hello")
+        facts.append(", ".join(reached))
+    else:
+        facts.append("no SYN of its reached this host")
+    if seen.probes:
+        if seen.refused == seen.probes:
+            facts.append(f"its side answered all {seen.probes} probes with a reset")
+        elif seen.refused + seen.unreachable == 0:
+            facts.append(f"none of {seen.probes} probes was answered")
+        else:
+            facts.append(f"of {seen.probes} probes {seen.refused} met a reset, "
+                         f"{seen.unreachable} an ICMP error")
+    if seen.sentinel_refused:
+        facts.append(f"{seen.sentinel_refused} low-TTL sentinels were answered by a reset "
+                     f"(the peer or its router is nearer than they reach)")
+    hints: list[str] = []
+    if route is not None and route.peer_distance == 1 and not seen.connections:
+        hints.append(f"{peer} answered from one hop away: if that is your own router's "
+                     f"public address, both hosts are behind it and it does not loop "
+                     f"traffic back; name the peer's LAN address instead")
+    if seen.unreachable and seen.unreachable >= seen.probes // 2:
+        hints.append(f"the network says {peer} is unreachable: check the address")
+    family = "IPv6" if seen.family == socket.AF_INET6 else "IPv4"
+    here = time.strftime("%H:%M:%S UTC", time.gmtime(seen.clock()))
+    hints.append(f"is punchcat running there, pointed at this host's public {family} address, "
+                 f"with a clock within {2 * seen.clock_error:g} s of this one (here {here})?")
+    if route is not None:
+        carrier = [h.address for h in route.hops[:route.inside]
+                   if h.address and ipaddress.ip_address(h.address) in SHARED]
+        if carrier:
+            hints.append(f"this side is behind a carrier-grade NAT ({carrier[0]}), "
+                         f"which often gives each connection a random port")
+    hints += seen.notes
+    if not seen.connections and not any("random port" in h for h in hints):
+        hints.append("if all that holds, a NAT that gives each connection a random port "
+                     "(carrier-grade NAT, phone hotspots) would explain it")
+    return f"no connection to {peer}: {'; '.join(facts)}. {' '.join(_sentence(h) for h in hints)}"
+
+
+def _sentence(text: str) -> str:
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith(("?", ".")) else text + "."

@@ -9,7 +9,8 @@ port.  Here nobody waits for a rendezvous.
 
 *Sentinels.*  On every active port there is, at all times, one socket in
 SYN_SENT towards the same port on the peer.  Its SYN leaves with a small
-TTL (:data:`LOW_TTL`): it opens our own NAT's mapping for the peer but dies
+TTL, found for this path by :mod:`punchcat.traverse.hops` (2 behind one
+NAT, 3 behind two): it opens our own NATs' mappings for the peer but dies
 in the network before it can provoke the far router (the STUNT technique).
 Right after the SYN has left, the socket's TTL is raised again, so that
 when the peer's SYN arrives through the mapping, the simultaneous open
@@ -17,16 +18,13 @@ answers it at full TTL with the same sequence number as our SYN, which is
 what a NAT's connection tracking expects.  (A listening socket would answer
 with a new sequence number, and Linux conntrack drops that answer.)  The
 ICMP time-exceeded that the small TTL provokes would abort a socket in
-SYN_SENT; IP_MINTTL makes the kernel ignore ICMP errors about packets that
-had less TTL left than that, so the sentinel survives it.  Closing a socket
-in SYN_SENT sends nothing.
+SYN_SENT; :func:`punchcat.sockopts.arm_sentinel` makes the kernel ignore it
+(IP_MINTTL; for IPv6 a minimum hop count of 255 for a moment after the SYN,
+lifted once the error can no longer come).  Closing a socket in SYN_SENT
+sends nothing.
 
-*Probes* and the sentinels' pace: :mod:`punchcat.traverse.timing`.
-
-*Buckets.*  The ports are those of the article's buckets that a peer whose
-clock is within the clock error of ours may be using
-(:func:`punchcat.schedule.active_ports`); they roll with the clock, so a
-peer that starts minutes later still finds us.
+*Probes* and the sentinels' pace: :mod:`punchcat.traverse.timing`.  The
+ports: :mod:`punchcat.traverse.candidates`.
 """
 
 from __future__ import annotations
@@ -35,43 +33,33 @@ import errno
 import random
 import selectors
 import socket
-from typing import Callable
 
 from .. import sockopts
-from ..schedule import active_ports
 from . import Registration
+from .candidates import ArticlePorts
 from .diagnosis import Observations
+from .hops import HopsResult
 from .timing import Arm, SentinelSchedule
-
-#: TTL of a sentinel's SYN: past our own NAT (hop 1), dead at the next router.
-LOW_TTL = 2
-#: How often the active ports are recomputed from the clock.
-ROLL_INTERVAL = 1.0
 
 
 class SentinelPunch:
     """Sentinels on every active port and spread-out probes (module docstring)."""
 
-    def __init__(self, family: int, peer: str, clock: Callable[[], float],
-                 clock_error: float, run_window: float, count: int, reporter,
-                 observations: Observations, rng: random.Random | None = None):
+    def __init__(self, family: int, peer: str, candidates: ArticlePorts, route: HopsResult,
+                 reporter, observations: Observations, rng: random.Random | None = None):
         self.family = family
         self.peer = peer
-        self.clock = clock
-        self.clock_error = clock_error
-        self.run_window = run_window
-        self.count = count
+        self.candidates = candidates
+        self.route = route
         self.reporter = reporter
         self.seen = observations
         self.rng = rng or random.SystemRandom()
         self.socks: dict[int, socket.socket] = {}     # port -> its current socket
         self.probing: set[int] = set()                # ports whose socket is a probe
+        self.guarded: dict[int, float] = {}           # IPv6: port -> when to lift the guard
         self.unbindable: set[int] = set()
-        self.buckets: list[int] = []
         self.schedule: SentinelSchedule | None = None
         self.sel: selectors.BaseSelector | None = None
-        self.next_roll = 0.0
-        self.min_ttl_works = True
 
     # -- the Technique interface --------------------------------------------
     def start(self, sel: selectors.BaseSelector, now: float) -> None:
@@ -80,11 +68,17 @@ class SentinelPunch:
         self.tick(now)
 
     def wakeup(self) -> float:
-        return min(self.next_roll, self.schedule.wakeup())
+        return min(self.candidates.next_roll, self.schedule.wakeup(), *self.guarded.values())
 
     def tick(self, now: float) -> None:
-        if now >= self.next_roll:
-            self._roll(now)
+        if self.candidates.roll(now):
+            wanted = [n for n in self.candidates.ports if n not in self.unbindable]
+            for port in self.schedule.set_ports(wanted):
+                self._drop(port)
+            self.seen.ports = len(self.schedule.ports)
+        for port in [p for p, t in self.guarded.items() if t <= now]:
+            del self.guarded[port]
+            sockopts.lift_guard(self.socks[port])
         for action in self.schedule.due(now):
             self._arm(action, now)
 
@@ -130,20 +124,6 @@ class SentinelPunch:
             self._drop(port)
 
     # -- internals ----------------------------------------------------------
-    def _roll(self, now: float) -> None:
-        """Follow the clock: open the ports of new buckets, retire old ones."""
-        self.next_roll = now + ROLL_INTERVAL
-        wanted = active_ports(self.clock(), self.clock_error, self.run_window, self.count)
-        buckets = sorted(set(wanted.values()))
-        if buckets == self.buckets:
-            return
-        self.buckets = buckets
-        for port in self.schedule.set_ports(n for n in wanted if n not in self.unbindable):
-            self._drop(port)
-        self.seen.ports = len(self.schedule.ports)
-        self.reporter.info(f"buckets {' '.join(map(str, buckets))}: "
-                           f"ports {' '.join(map(str, sorted(self.schedule.ports)))}")
-
     def _arm(self, action: Arm, now: float) -> None:
         """Replace the port's socket by a new one and send its SYN."""
         port = action.port
@@ -162,10 +142,8 @@ class SentinelPunch:
             self.seen.unbindable = len(self.unbindable)
             self.reporter.info(f"port {port} is in use here, skipped")
             return
-        if not action.full:
-            sockopts.set_ttl(sock, LOW_TTL)
-            if self.min_ttl_works:
-                self.min_ttl_works = sockopts.set_min_ttl(sock, LOW_TTL)
+        ttl = None if action.full else self.route.ttl_for(port)
+        guarded = ttl is not None and sockopts.arm_sentinel(sock, ttl)
         err = sock.connect_ex((self.peer, port))
         if action.full:
             self.seen.probes += 1
@@ -179,10 +157,13 @@ class SentinelPunch:
         self.socks[port] = sock
         if action.full:
             self.probing.add(port)
+        if guarded and self.family == socket.AF_INET6:
+            self.guarded[port] = now + self.route.guard(ttl)
         self.sel.register(sock, selectors.EVENT_WRITE, Registration(self, port))
 
     def _drop(self, port: int, close: bool = True) -> None:
         self.probing.discard(port)
+        self.guarded.pop(port, None)
         sock = self.socks.pop(port, None)
         if sock is None:
             return
