@@ -349,3 +349,193 @@ table inet pcpm_filter {{
             raise LabUnavailable(f"miniupnpd did not start: {log_text.strip()[-800:]}")
         time.sleep(0.02)
     return daemon
+
+
+# -- scripted responders -----------------------------------------------------
+
+_BOMB = (b'<?xml version="1.0"?>\n<!DOCTYPE root [<!ENTITY a "aaaaaaaaaa">'
+         + b"".join(b'<!ENTITY %c "%s">' % (98 + i, (b"&%c;" % (97 + i)) * 10) for i in range(8))
+         + b"]>\n<root><device><serviceList><service><serviceType>"
+         b"urn:schemas-upnp-org:service:WANIPConnection:1</serviceType>"
+         b"<controlURL>&i;</controlURL></service></serviceList></device></root>")
+
+
+def serve_scripted(mode: str, listen: str, wan_address: str = "100.64.12.34",
+                   epoch_start: float | None = None) -> None:
+    """Answer NAT-PMP on *listen*:5351 until killed (run in the router
+    namespace).  *mode*:
+
+    * ``shared``: a well-behaved NAT-PMP-only router whose WAN address is
+      *wan_address* (by default in 100.64/10, which miniupnpd refuses);
+      PCP requests get NAT-PMP's "unsupported version".
+    * ``errors``: every request refused (result 2, not authorized; 3,
+      network failure, for the address request).
+    * ``garbage``: junk for every NAT-PMP/PCP request; also an SSDP answer
+      on port 1900 pointing at an HTTP server on 5000 that serves an XML
+      entity bomb, then a response with a forged LOCATION.
+    """
+    import random
+    import selectors
+    start = time.monotonic() if epoch_start is None else epoch_start
+    sel = selectors.DefaultSelector()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((listen, 5351))
+    sel.register(udp, selectors.EVENT_READ, "pmp")
+    if mode == "garbage":
+        ssdp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ssdp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ssdp.bind(("0.0.0.0", 1900))
+        sel.register(ssdp, selectors.EVENT_READ, "ssdp")
+        http = socket.socket()
+        http.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        http.bind((listen, 5000))
+        http.listen()
+        sel.register(http, selectors.EVENT_READ, "http")
+    rng = random.Random(1)
+    print("ready", flush=True)
+    while True:
+        for key, _ in sel.select():
+            sock = key.fileobj
+            if key.data == "http":
+                conn, _ = sock.accept()
+                conn.settimeout(1)
+                try:
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % len(_BOMB) + _BOMB)
+                except OSError:
+                    pass
+                conn.close()
+                continue
+            data, addr = sock.recvfrom(2048)
+            if key.data == "ssdp":
+                for location in (f"http://{listen}:5000/desc.xml", "http://192.0.2.99/evil.xml"):
+                    sock.sendto(("HTTP/1.1 200 OK\r\nST: " + IGD_ST + "\r\nLOCATION: " + location
+                                 + "\r\nSERVER: evil\x1b[31m\r\n\r\n").encode("latin-1"), addr)
+                continue
+            epoch = int(time.monotonic() - start)
+            if mode == "garbage":
+                for size in (0, 1, 7, 12, 16, 60, 1200):
+                    sock.sendto(bytes(rng.getrandbits(8) for _ in range(size)), addr)
+                sock.sendto(b"\x00\x82\x00\x00" + b"\xff" * 12, addr)     # map to port 0
+                sock.sendto(b"\x02\x81\x00\x00" + b"\x00" * 56, addr)     # PCP, nonce zero
+                continue
+            if len(data) < 2:
+                continue
+            version, opcode = data[0], data[1]
+            if version != 0:
+                sock.sendto(struct.pack("!BBHI", 0, 128, 1, epoch), addr)
+                continue
+            if opcode == 0:
+                if mode == "errors":
+                    sock.sendto(struct.pack("!BBHI", 0, 128, 3, epoch), addr)
+                else:
+                    sock.sendto(struct.pack("!BBHI", 0, 128, 0, epoch)
+                                + socket.inet_aton(wan_address), addr)
+            elif opcode in (1, 2) and len(data) >= 12:
+                _, _, _, internal, external, lifetime = struct.unpack("!BBHHHI", data[:12])
+                result = 2 if mode == "errors" else 0
+                sock.sendto(struct.pack("!BBHIHHI", 0, 128 + opcode, result, epoch, internal,
+                                        external if lifetime else 0, lifetime), addr)
+            else:
+                sock.sendto(struct.pack("!BBHI", 0, 128 + opcode, 5, epoch), addr)
+
+
+IGD_ST = "urn:schemas-upnp-org:device:InternetGatewayDevice:1"
+
+
+def start_scripted(lab: PortmapLab, mode: str, **kwargs) -> subprocess.Popen:
+    """Run :func:`serve_scripted` in the lab's router; returns when it listens."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    code = (f"import sys; sys.path.insert(0, {root!r}); from punchcat.lab_upnp import serve_scripted; "
+            f"serve_scripted({mode!r}, {ROUTER_LAN_IP!r}{', ' + args if args else ''})")
+    proc = lab.popen("r", [sys.executable, "-c", code], stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise LabUnavailable(f"scripted responder did not start: {proc.stderr.read()[-500:]}")
+    return proc
+
+
+# -- driving the client inside the host namespace ---------------------------
+
+def _status_json(status) -> dict:
+    import dataclasses
+    data = dataclasses.asdict(status)
+    data["lines"] = status.lines
+    return data
+
+
+def _client_main(argv: list[str]) -> None:
+    """``python -m punchcat.lab_upnp map JSON`` / ``whoami JSON``: run the
+    client here and print JSON lines (for the lab tests, which run it in the
+    host namespace).  ``map`` prints the status once the first mapping round
+    is over, then closes when a line arrives on stdin (or at EOF) and prints
+    the final status with the time close() took."""
+    import json
+    from punchcat.portmap.client import PortMapper, whoami
+    mode, options = argv[0], json.loads(argv[1]) if len(argv) > 1 else {}
+    if mode == "whoami":
+        began = time.monotonic()
+        report = whoami(**options)
+        import dataclasses
+        print(json.dumps({"elapsed": time.monotonic() - began, **dataclasses.asdict(report)}),
+              flush=True)
+        return
+    ports = options.pop("ports")
+    began = time.monotonic()
+    mapper = PortMapper(ports, **options).start()
+    started = time.monotonic() - began
+    status = mapper.wait(10)
+    print(json.dumps({"elapsed": time.monotonic() - began, "start_returned": started,
+                      **_status_json(status)}), flush=True)
+    sys.stdin.readline()
+    began = time.monotonic()
+    mapper.close()
+    print(json.dumps({"close_took": time.monotonic() - began, **_status_json(mapper.status())}),
+          flush=True)
+
+
+class LabClient:
+    """The portmap client run in the lab's host namespace (see
+    :func:`_client_main`): ``status`` once mapped, :meth:`close` for the rest."""
+
+    def __init__(self, lab: PortmapLab, ports: list[int], **options):
+        import json
+        self._json = json
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.proc = lab.popen("h", [sys.executable, "-m", "punchcat.lab_upnp", "map",
+                                    json.dumps({"ports": ports, **options})],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"client failed: {self.proc.stderr.read()[-2000:]}")
+        self.status = json.loads(line)
+
+    def close(self) -> dict:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        out, err = self.proc.communicate(timeout=10)
+        if self.proc.returncode != 0:
+            raise AssertionError(f"client failed: {err[-2000:]}")
+        return self._json.loads(out)
+
+
+def lab_whoami(lab: PortmapLab, **options) -> dict:
+    """:func:`punchcat.portmap.client.whoami` run in the lab's host namespace."""
+    import json
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(lab.command("h", [sys.executable, "-m", "punchcat.lab_upnp", "whoami",
+                                            json.dumps(options)]),
+                          capture_output=True, text=True, timeout=30, env=env)
+    if done.returncode != 0:
+        raise AssertionError(f"whoami failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+if __name__ == "__main__":
+    _client_main(sys.argv[1:])

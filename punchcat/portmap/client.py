@@ -728,9 +728,14 @@ class Engine:
         with self._lock:
             answers = [a for a in self._answers.values() if a.public_address]
             warnings = []
+            spoke = [a for a in self._answers.values() if a.outcome in ("ok", "refused", "garbage")]
             if self._gateways and self.protocols and not answers:
-                warnings.append(f"no router answered {_names(self.protocols)} within "
-                                f"{self.discovery_timeout:g} s (asked {', '.join(self._gateways)})")
+                if spoke:
+                    warnings.append("no router reported its public address "
+                                    f"(asked {', '.join(self._gateways)})")
+                else:
+                    warnings.append(f"no router answered {_names(self.protocols)} within "
+                                    f"{self.discovery_timeout:g} s (asked {', '.join(self._gateways)})")
             seen = {}
             for a in answers:
                 seen.setdefault(a.public_address, []).append(NAMES[a.protocol])
@@ -805,13 +810,16 @@ class Engine:
     async def _drop_unused_pcp_probes(self) -> None:
         """Remove PCP probe mappings not kept as real mappings."""
         tasks = []
-        for gw, (port, nonce, _) in list(self._pcp_probe.items()):
+        for gw, (port, nonce, local) in list(self._pcp_probe.items()):
             held = self._held.get(port)
             if held is not None and held.nonce == nonce:
                 continue
             del self._pcp_probe[gw]
             self._requested.pop(("pcp", gw, port), None)
-            tasks.append(self._pcp_delete(gw, port, nonce, time.monotonic() + 0.3))
+            # Only a probe that was answered made a mapping (an answer lost
+            # on the way leaves one that expires with its lifetime).
+            if local:
+                tasks.append(self._pcp_delete(gw, port, nonce, time.monotonic() + 0.3))
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._throwaway is not None:
             self._throwaway.close()

@@ -17,15 +17,15 @@ class MalformedResponse(ValueError):
 
 def escape(text: object, limit: int = 200) -> str:
     """*text* (router-supplied) safe for a terminal: printable characters
-    stay, every other one becomes ``\\xNN`` (``\\uNNNN`` above 0xff); cut
-    to about *limit* characters."""
-    if isinstance(text, (bytes, bytearray)):
-        text = bytes(text).decode("latin-1")
-    text = str(text)
+    stay, every other one becomes ``\\xNN`` (``\\uNNNN`` above 0xff; for
+    bytes, every byte outside printable ASCII); a backslash is doubled; cut to
+    about *limit* characters."""
+    raw = isinstance(text, (bytes, bytearray))
+    text = bytes(text).decode("latin-1") if raw else str(text)
     cut = len(text) > limit
     out = []
     for ch in text[:limit]:
-        if ch.isprintable() and ch != "\\":
+        if ch.isprintable() and ch != "\\" and not (raw and ord(ch) > 0x7E):
             out.append(ch)
         elif ch == "\\":
             out.append("\\\\")
