@@ -398,7 +398,10 @@ class Engine:
     def _answer(self, answer: Answer) -> None:
         with self._lock:
             self._answers[(answer.protocol, answer.gateway)] = answer
-        self._update()
+        if answer.public_address:
+            self._warn_about_addresses(final=False)
+        else:
+            self._update()
 
     # -- discovery -----------------------------------------------------------
     async def run(self, map_ports: bool = True) -> None:
@@ -671,7 +674,8 @@ class Engine:
             if result.ok:
                 return _Held(Mapping("upnp", gw, port, external, address, lease),
                              time.monotonic(), local_address=igd.local_address)
-            if result.fault.code == upnp.CONFLICT and service.version >= 2 and held is None:
+            if (result.fault.code in (upnp.CONFLICT, upnp.CONFLICT_OTHER) and service.version >= 2
+                    and held is None):
                 any_result, _ = await soap_call(service, upnp.add_any_port_mapping_request(
                     service, port, igd.local_address, lease or self.lifetime),
                     "AddAnyPortMapping", deadline)
@@ -724,12 +728,14 @@ class Engine:
             self._notes.extend(lines)
         self._update()
 
-    def _warn_about_addresses(self) -> None:
+    def _warn_about_addresses(self, final: bool = True) -> None:
+        """Warnings about the public address(es) reported so far; when
+        *final* (discovery over), also about no answer at all."""
         with self._lock:
             answers = [a for a in self._answers.values() if a.public_address]
             warnings = []
             spoke = [a for a in self._answers.values() if a.outcome in ("ok", "refused", "garbage")]
-            if self._gateways and self.protocols and not answers:
+            if final and self._gateways and self.protocols and not answers:
                 if spoke:
                     warnings.append("no router reported its public address "
                                     f"(asked {', '.join(self._gateways)})")

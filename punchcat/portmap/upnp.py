@@ -53,6 +53,7 @@ FAULTS = {
     732: "WildCardNotPermittedInIntPort",
 }
 CONFLICT = 718
+CONFLICT_OTHER = 729          # e.g. the router itself uses the port
 ONLY_PERMANENT = 725
 
 
