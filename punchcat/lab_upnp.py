@@ -490,11 +490,18 @@ def _client_main(argv: list[str]) -> None:
     status = mapper.wait(10)
     print(json.dumps({"elapsed": time.monotonic() - began, "start_returned": started,
                       **_status_json(status)}), flush=True)
+
+    def finish(*_signal) -> None:
+        began = time.monotonic()
+        mapper.close()
+        print(json.dumps({"close_took": time.monotonic() - began,
+                          **_status_json(mapper.status())}), flush=True)
+        if _signal:
+            sys.exit(143)
+    # close() from a signal handler, as punchcat's own SIGTERM path would
+    signal.signal(signal.SIGTERM, finish)
     sys.stdin.readline()
-    began = time.monotonic()
-    mapper.close()
-    print(json.dumps({"close_took": time.monotonic() - began, **_status_json(mapper.status())}),
-          flush=True)
+    finish()
 
 
 class LabClient:
@@ -515,12 +522,16 @@ class LabClient:
             raise AssertionError(f"client failed: {self.proc.stderr.read()[-2000:]}")
         self.status = json.loads(line)
 
-    def close(self) -> dict:
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
+    def close(self, by_signal: bool = False) -> dict:
+        """Make the client close (a line on stdin, or SIGTERM); its final status."""
+        if by_signal:
+            self.proc.send_signal(signal.SIGTERM)
+        else:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
         out, err = self.proc.communicate(timeout=10)
-        if self.proc.returncode != 0:
-            raise AssertionError(f"client failed: {err[-2000:]}")
+        if self.proc.returncode != (143 if by_signal else 0):
+            raise AssertionError(f"client failed ({self.proc.returncode}): {err[-2000:]}")
         return self._json.loads(out)
 
 

@@ -557,3 +557,83 @@ def test_engine_rejects_bad_arguments():
         Engine([1], protocols=["smtp"])
     with pytest.raises(ValueError):
         Engine([1], lifetime=0)
+
+
+# -- the UPnP mapping logic against a scripted SOAP server on loopback ---------
+
+def _scripted_upnp(answers, version=1):
+    """Run Engine._upnp_map for TCP 31234 and then remove_all against a SOAP
+    server on 127.0.0.1 whose answer to each call is ``answers(action, lease)``;
+    (the mapping or failure text, the calls made as (action, lease))."""
+    import re
+    import time
+    from punchcat.portmap.client import Answer, _Igd
+    calls = []
+
+    async def main():
+        async def handle(reader, writer):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await reader.read(4096)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            while len(body) < length:
+                body += await reader.read(4096)
+            action = re.search(rb'#(\w+)"', head).group(1).decode()
+            lease = re.search(rb"<NewLeaseDuration>(\d+)<", body)
+            lease = int(lease.group(1)) if lease else None
+            calls.append((action, lease))
+            response = answers(action, lease)
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s"
+                         % (response.status, len(response.body), response.body))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        engine = Engine([31234], gateways=["127.0.0.1"])
+        service = upnp.Service(upnp.WANIP2 if version == 2 else upnp.WANIP1,
+                               f"http://127.0.0.1:{port}/ctl")
+        engine._igd["127.0.0.1"] = _Igd(service, upnp.Description("", "", "", (service,)), "",
+                                        "127.0.0.1")
+        engine._answers[("upnp", "127.0.0.1")] = Answer("upnp", "127.0.0.1", "ok", "5.5.5.1")
+        result = await engine._upnp_map("127.0.0.1", 31234, time.monotonic() + 1, None)
+        engine._record("upnp", "127.0.0.1", 31234, result)
+        await engine.remove_all(1)
+        server.close()
+        return result, engine.snapshot()
+
+    result, status = asyncio.run(main())
+    return result, calls, status
+
+
+def test_upnp_only_permanent_leases_retries_with_lease_0_and_deletes():
+    def answers(action, lease):
+        if action == "AddPortMapping" and lease:
+            return soap_fault(725, "OnlyPermanentLeasesSupported")
+        return soap_ok(action, {})
+    result, calls, status = _scripted_upnp(answers)
+    assert result.mapping.lifetime == 0 and result.mapping.external_port == 31234
+    assert calls == [("AddPortMapping", 120), ("AddPortMapping", 0), ("DeletePortMapping", None)]
+    assert any("removed 1 mapping" in n for n in status.notes)
+
+
+def test_upnp_conflict_on_igd2_uses_add_any_port_mapping():
+    def answers(action, lease):
+        if action == "AddPortMapping":
+            return soap_fault(718, "ConflictInMappingEntry")
+        if action == "AddAnyPortMapping":
+            return soap_ok(action, {"NewReservedPort": "31299"})
+        return soap_ok(action, {})
+    result, calls, _ = _scripted_upnp(answers, version=2)
+    assert result.mapping.external_port == 31299
+    assert calls == [("AddPortMapping", 120), ("AddAnyPortMapping", 120),
+                     ("DeletePortMapping", None)]
+
+
+def test_upnp_conflict_on_igd1_is_reported_escaped():
+    result, calls, status = _scripted_upnp(
+        lambda action, lease: soap_fault(718, "Conflict\u009b2J\u202e"), version=1)
+    assert result == "718 Conflict\\x9b2J\\u202e"
+    assert calls == [("AddPortMapping", 120)]
+    assert status.failures == ((31234, result),)

@@ -138,6 +138,15 @@ def test_taken_port_gets_another_external_port(lab):
     assert lab.forwarded_ports() == []
 
 
+def test_close_from_a_signal_handler_removes_the_mappings(lab):
+    lab.start_miniupnpd()
+    client = LabClient(lab, PORTS)
+    assert client.status["start_returned"] < 0.05           # start() never waits
+    assert len(lab.forwarded_ports()) == len(PORTS)
+    final = client.close(by_signal=True)
+    assert final["close_took"] < 1.5 and lab.forwarded_ports() == []
+
+
 def test_igd_v1(lab):
     lab.start_miniupnpd(natpmp=False, pcp=False, upnp=True, igd_v1=True)
     client = LabClient(lab, PORTS[:1])

@@ -40,6 +40,8 @@ NAMES = {"pcp": "PCP", "natpmp": "NAT-PMP", "upnp": "UPnP"}
 #: would never retransmit within a sub-second discovery), doubled each time.
 RETRY = 0.25
 MAX_GATEWAYS = 3
+#: Once a protocol has answered, how long a better one still pending is waited for.
+GRACE = 0.1
 UPNP_PARALLEL = 4
 
 
@@ -334,7 +336,7 @@ class Engine:
         self._given_gateways = list(gateways) if gateways is not None else None
         self.renew = renew
         self.on_update = on_update
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()   # re-entrant: a signal handler may call in
         self._gateways: list[str] = []
         self._answers: dict[tuple[str, str], Answer] = {}
         self._held: dict[int, _Held] = {}
@@ -477,10 +479,13 @@ class Engine:
 
     async def _choose(self, deadline: float) -> tuple[str, str] | None:
         """The best gateway and protocol that answered: gateways in route
-        order, then PCP, NAT-PMP, UPnP; a better one still pending is waited
-        for until the deadline."""
+        order, then PCP, NAT-PMP, UPnP.  A better one still pending is waited
+        for, until the deadline or, once a worse one has answered, for GRACE
+        seconds more (a router that ignores PCP must not cost the whole
+        deadline)."""
+        settle = deadline
         while True:
-            final = time.monotonic() >= deadline
+            final = time.monotonic() >= settle
             best = None
             waiting = False
             with self._lock:
@@ -488,18 +493,18 @@ class Engine:
                     for protocol in self.protocols:
                         answer = self._answers[(protocol, gw)]
                         if answer.outcome == "ok":
-                            best = (protocol, gw)
-                            break
-                        if answer.outcome == "pending" and not final:
+                            best = best or (protocol, gw)
+                            if not waiting:
+                                return best
+                        elif answer.outcome == "pending" and not final:
                             waiting = True
-                            break
-                    if best or waiting:
-                        break
-            if best or not waiting:
+            if not waiting:
                 return best
+            if best and settle == deadline:
+                settle = min(deadline, time.monotonic() + GRACE)
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), max(_remaining(deadline), 0.001))
+                await asyncio.wait_for(self._changed.wait(), max(_remaining(settle), 0.001))
             except asyncio.TimeoutError:
                 pass
 
@@ -887,10 +892,12 @@ class Engine:
         for (protocol, gw, port), nonce in list(self._requested.items()):
             if (protocol, gw, port) in done_keys:
                 continue
+            # Asked for but never answered: most likely nothing to remove, so
+            # one datagram each, without waiting for (or counting) an answer.
             if protocol == "pcp" and nonce is not None:
-                tasks.append(self._pcp_delete(gw, port, nonce, deadline))
+                _send_once(gw, pcp.PORT, lambda local, p=port, n=nonce: pcp.map_request(local, p, n, 0, 0))
             elif protocol == "natpmp":
-                tasks.append(self._natpmp_delete(gw, port, deadline))
+                _send_once(gw, natpmp.PORT, lambda _, p=port: natpmp.map_tcp_request(p, 0, 0))
         self._requested.clear()
         self._pcp_probe.clear()
         if self._throwaway is not None:
@@ -909,6 +916,17 @@ class Engine:
             self._note(f"{NAMES[unconfirmed[0].protocol]}: removal of TCP "
                        f"{_ports(sorted(m.internal_port for m in unconfirmed))} not confirmed "
                        "in time (the router drops them when their lease ends)")
+
+
+def _send_once(gateway: str, port: int, build: Callable[[str], bytes]) -> None:
+    """Send one datagram to *gateway*:*port* and forget it (never blocks)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect((gateway, port))
+            sock.send(build(sock.getsockname()[0]))
+    except OSError:
+        pass
 
 
 def _natpmp_parser(kind: type, port: int | None):
@@ -963,7 +981,7 @@ class PortMapper:
         self._close_timeout = 1.0
         self._finished = threading.Event()
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()   # re-entrant: a signal handler may call in
 
     def _updated(self, status: PortmapStatus) -> None:
         if status.finished:
