@@ -4,7 +4,7 @@ fuzzing of every parser: garbage gives MalformedResponse and nothing else."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import os
 import struct
 
 import pytest
@@ -15,7 +15,8 @@ from punchcat.portmap.client import Engine, PortMapper, whoami
 from punchcat.portmap.common import MalformedResponse, classify_ipv4, escape
 from punchcat.portmap.local import default_gateways, default_gateways_v6, global_ipv6_addresses
 
-FUZZ = settings(max_examples=400, deadline=None)
+#: PUNCHCAT_FUZZ_EXAMPLES=5000 for a longer run.
+FUZZ = settings(max_examples=int(os.environ.get("PUNCHCAT_FUZZ_EXAMPLES", 400)), deadline=None)
 
 
 def never_else(parse, *args):

@@ -14,7 +14,7 @@ import pytest
 from punchcat.lab_upnp import (FAR_IP, HOST_IP, ROUTER_LAN_IP, ROUTER_WAN_IP, LabClient,
                                PortmapLab, lab_whoami, missing_prerequisites, start_scripted)
 
-from conftest import REQUIRE_LAB, wait_for
+from conftest import REQUIRE_LAB
 
 pytestmark = pytest.mark.lab
 
