@@ -141,7 +141,7 @@ def test_taken_port_gets_another_external_port(lab):
 def test_close_from_a_signal_handler_removes_the_mappings(lab):
     lab.start_miniupnpd()
     client = LabClient(lab, PORTS)
-    assert client.status["start_returned"] < 0.05           # start() never waits
+    assert client.status["start_returned"] < 0.2            # start() never waits
     assert len(lab.forwarded_ports()) == len(PORTS)
     final = client.close(by_signal=True)
     assert final["close_took"] < 1.5 and lab.forwarded_ports() == []
@@ -197,6 +197,7 @@ def test_no_router_says_so_within_the_deadline(lab):
     client = LabClient(lab, PORTS[:1], discovery_timeout=0.4)
     assert client.status["elapsed"] < 0.4 + 0.3 and client.status["mappings"] == []
     assert client.status["failures"] == [[PORTS[0], "no router offered to map it"]]
+    assert any("no router answered" in w for w in client.status["warnings"])
     assert client.close()["close_took"] < 0.5
 
 

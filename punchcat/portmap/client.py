@@ -444,6 +444,9 @@ class Engine:
                 self._update()
                 if chosen is not None:
                     await self._map_all(*chosen)
+                else:               # the deadline has passed: every probe is over
+                    await asyncio.gather(*probes, return_exceptions=True)
+                    self._warn_about_addresses()
                 with self._lock:
                     self._finished = True      # what the punch waits for (lower-
                 self._update()                 # priority answers may still come)
