@@ -15,7 +15,9 @@ LAYERS = [
     ["errors", "schedule", "status", "sockopts", "mux", "handshake", "channel", "endpoints",
      "srp"],
     # punch techniques and the secret
-    ["traverse", "traverse.timing", "traverse.hops", "traverse.diagnosis", "traverse.candidates",
+    ["portmap", "portmap.common", "portmap.natpmp", "portmap.pcp", "portmap.upnp", "portmap.local",
+     "portmap.client",
+     "traverse", "traverse.timing", "traverse.hops", "traverse.diagnosis", "traverse.candidates",
      "traverse.sentinel", "traverse.direct",
      "secure"],
     # agreeing on a connection; moving data
@@ -23,7 +25,7 @@ LAYERS = [
     # one run, and the command lines
     ["options", "session", "entry", "cli", "__main__", "__init__"],
     # the lab, on top of everything
-    ["lab", "lab.net", "lab.pairs", "lab.cli"],
+    ["lab", "lab.net", "lab.pairs", "lab.upnp", "lab.cli"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -1,0 +1,222 @@
+"""The portmap client against a real router: miniupnpd in a network namespace
+(host ── router ── far), and scripted NAT-PMP responders for what miniupnpd
+will not do.  Root only; skipped with the reason otherwise, failed instead
+under PUNCHCAT_REQUIRE_LAB=1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from punchcat.lab.upnp import (FAR_IP, HOST_IP, ROUTER_LAN_IP, ROUTER_WAN_IP, LabClient,
+                               PortmapLab, lab_whoami, missing_prerequisites, start_scripted)
+
+from conftest import REQUIRE_LAB
+
+pytestmark = pytest.mark.lab
+
+PORTS = [31234, 31235, 40000]
+
+
+@pytest.fixture
+def lab():
+    missing = missing_prerequisites()
+    if missing:
+        reason = "the portmap lab needs " + ", ".join(missing)
+        if REQUIRE_LAB:
+            pytest.fail(reason + " (PUNCHCAT_REQUIRE_LAB=1)")
+        pytest.skip(reason)
+    with PortmapLab() as built:
+        yield built
+
+
+_LISTEN = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(); s.settimeout(10)
+print("listening", flush=True)
+c, addr = s.accept(); c.settimeout(5)
+print(addr[0], c.recv(100).decode(), flush=True)
+"""
+
+_CONNECT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+c.sendall(b"through the router")
+"""
+
+
+def reach_from_far(lab: PortmapLab, external_port: int, internal_port: int) -> str:
+    """Connect from the far side to the router's WAN address; what the
+    listener on the host received (and from where)."""
+    listener = lab.popen("h", [sys.executable, "-c", _LISTEN, str(internal_port)],
+                         stdout=subprocess.PIPE, text=True)
+    assert listener.stdout.readline().strip() == "listening"
+    subprocess.run(lab.command("f", [sys.executable, "-c", _CONNECT, ROUTER_WAN_IP,
+                                     str(external_port)]), check=True, timeout=10)
+    line = listener.stdout.readline().strip()
+    listener.wait(timeout=5)
+    return line
+
+
+def assert_mapped_and_removed(lab, client, protocol):
+    status = client.status
+    assert status["finished"] and status["protocol"] == protocol, status["lines"]
+    assert status["public_address"] == ROUTER_WAN_IP
+    got = {m["internal_port"]: m["external_port"] for m in status["mappings"]}
+    assert got == {p: p for p in PORTS}, status["lines"]
+    assert all(m["lifetime"] == 120 for m in status["mappings"])
+    assert {(p, HOST_IP, p) for p in PORTS} <= set(lab.forwarded_ports())
+    assert reach_from_far(lab, PORTS[0], PORTS[0]) == f"{FAR_IP} through the router"
+    final = client.close()
+    assert final["close_took"] < 1.5
+    assert lab.forwarded_ports() == []
+    assert lab.sh("r", "nft list chain inet filter miniupnpd").count("accept") == 0
+    assert any("removed 3 mappings" in line for line in final["lines"]), final["lines"]
+    return status, final
+
+
+def test_natpmp_alone(lab):
+    lab.start_miniupnpd(natpmp=True, pcp=False, upnp=False)
+    client = LabClient(lab, PORTS)
+    status, _ = assert_mapped_and_removed(lab, client, "natpmp")
+    # PCP dropped silently, UPnP off: the client waited for PCP until its deadline
+    assert status["elapsed"] < 1.5
+    assert "NAT-PMP: gateway 192.168.7.1 maps TCP 31234, 31235, 40000 for 120 s; " \
+           "public address 5.5.5.1" in status["lines"]
+
+
+def test_pcp_alone(lab):
+    lab.start_miniupnpd(natpmp=False, pcp=True, upnp=False)
+    client = LabClient(lab, PORTS)
+    status, _ = assert_mapped_and_removed(lab, client, "pcp")
+    assert status["elapsed"] < 1.0
+
+
+def test_upnp_alone(lab):
+    lab.start_miniupnpd(natpmp=False, pcp=False, upnp=True)
+    client = LabClient(lab, PORTS)
+    listing = subprocess.run(lab.command("h", ["upnpc", "-l"]), capture_output=True,
+                             text=True, timeout=20).stdout
+    for port in PORTS:
+        assert f"TCP {port:5d}->{HOST_IP}:{port:<5d} 'punchcat'" in listing, listing
+    assert_mapped_and_removed(lab, client, "upnp")
+    listing = subprocess.run(lab.command("h", ["upnpc", "-l"]), capture_output=True,
+                             text=True, timeout=20).stdout
+    assert "punchcat" not in listing
+
+
+def test_all_protocols_prefers_pcp_and_leaves_nothing(lab):
+    lab.start_miniupnpd()
+    client = LabClient(lab, PORTS)
+    status = client.status
+    assert status["protocol"] == "pcp" and status["elapsed"] < 1.0
+    final = client.close()
+    answers = {a["protocol"]: a for a in final["answers"]}
+    assert answers["natpmp"]["public_address"] == ROUTER_WAN_IP
+    assert lab.forwarded_ports() == []
+
+
+def test_taken_port_gets_another_external_port(lab):
+    """The router itself listens on 31234: miniupnpd refuses to map it
+    (UPnP fault 729 ConflictWithOtherMechanisms; AddAnyPortMapping then
+    reserves another port), and the client reports the port it got."""
+    lab.start_miniupnpd(natpmp=False, pcp=False, upnp=True)
+    holder = lab.popen("r", [sys.executable, "-c", _LISTEN, str(PORTS[0])],
+                       stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "listening"
+    client = LabClient(lab, PORTS[:1])
+    [mapping] = client.status["mappings"]
+    assert mapping["internal_port"] == PORTS[0] and mapping["external_port"] != PORTS[0]
+    assert any("to another external port" in line for line in client.status["lines"]), \
+        client.status["lines"]
+    assert reach_from_far(lab, mapping["external_port"], PORTS[0]).endswith("through the router")
+    client.close()
+    assert lab.forwarded_ports() == []
+
+
+def test_close_from_a_signal_handler_removes_the_mappings(lab):
+    lab.start_miniupnpd()
+    client = LabClient(lab, PORTS)
+    assert client.status["start_returned"] < 0.2            # start() never waits
+    assert len(lab.forwarded_ports()) == len(PORTS)
+    final = client.close(by_signal=True)
+    assert final["close_took"] < 1.5 and lab.forwarded_ports() == []
+
+
+def test_igd_v1(lab):
+    lab.start_miniupnpd(natpmp=False, pcp=False, upnp=True, igd_v1=True)
+    client = LabClient(lab, PORTS[:1])
+    assert client.status["protocol"] == "upnp"
+    assert any("WANIPConnection:1" in line for line in client.status["lines"])
+    client.close()
+    assert lab.forwarded_ports() == []
+
+
+def test_renewal_keeps_a_short_mapping(lab):
+    lab.start_miniupnpd(natpmp=True, pcp=False, upnp=False, min_lifetime=1)
+    client = LabClient(lab, PORTS[:1], lifetime=3)
+    assert client.status["mappings"][0]["lifetime"] == 3
+    time.sleep(7)        # two lifetimes: without renewal miniupnpd would drop it
+    assert (PORTS[0], HOST_IP, PORTS[0]) in lab.forwarded_ports()
+    final = client.close()
+    assert not any("failed" in line for line in final["lines"]), final["lines"]
+    assert lab.forwarded_ports() == []
+
+
+def test_whoami_reports_the_routers_wan_address(lab):
+    lab.start_miniupnpd()
+    report = lab_whoami(lab)
+    assert report["public_ipv4"] == ROUTER_WAN_IP and report["warnings"] == []
+    assert {r[0] for r in report["reported"]} == {"pcp", "natpmp", "upnp"}
+    assert report["elapsed"] < 1.0
+    assert lab.forwarded_ports() == []           # PCP's throwaway mapping is gone
+
+
+def test_whoami_shared_address_warns_of_another_nat(lab):
+    start_scripted(lab, "shared")
+    report = lab_whoami(lab)
+    assert report["public_ipv4"] == "100.64.12.34"
+    assert any("shared address space" in w and "NAT beyond" in w for w in report["warnings"])
+    assert any("NAT-PMP only" in line for line in report["lines"])
+    client = LabClient(lab, PORTS[:1])
+    assert client.status["protocol"] == "natpmp"
+    assert any("carrier-grade NAT" in w for w in client.status["warnings"])
+    client.close()
+
+
+def test_no_router_says_so_within_the_deadline(lab):
+    report = lab_whoami(lab, timeout=0.4)
+    assert report["public_ipv4"] is None
+    assert any("no router answered PCP, NAT-PMP or UPnP within 0.4 s" in w
+               for w in report["warnings"]), report
+    assert report["elapsed"] < 0.4 + 0.3
+    client = LabClient(lab, PORTS[:1], discovery_timeout=0.4)
+    assert client.status["elapsed"] < 0.4 + 0.3 and client.status["mappings"] == []
+    assert client.status["failures"] == [[PORTS[0], "no router offered to map it"]]
+    assert any("no router answered" in w for w in client.status["warnings"])
+    assert client.close()["close_took"] < 0.5
+
+
+def test_garbage_and_errors_fail_cleanly_within_the_deadline(lab):
+    proc = start_scripted(lab, "garbage")
+    report = lab_whoami(lab)
+    assert report["public_ipv4"] is None and report["elapsed"] < 0.5 + 0.3
+    outcomes = {line.split(":")[0]: line for line in report["lines"]}
+    assert "unusable answer" in outcomes["PCP"] and "unusable answer" in outcomes["NAT-PMP"]
+    assert "DOCTYPE" in outcomes["UPnP"], report["lines"]     # the entity bomb was refused
+    assert all(line.isprintable() for line in report["lines"])
+    proc.kill()
+    proc.wait()
+    start_scripted(lab, "errors")
+    report = lab_whoami(lab)
+    assert report["public_ipv4"] is None
+    assert any("refused: network failure" in line for line in report["lines"])
+    assert any("no router reported its public address" in w for w in report["warnings"])
+
+
+def test_router_address_and_lan_are_what_the_tests_assume(lab):
+    assert lab.sh("h", "ip -4 route show default").split()[2] == ROUTER_LAN_IP
