@@ -5,15 +5,17 @@ One selector holds the techniques' sockets (their key data is a
 over (data None).  Each handed-over connection is greeted and fed to the
 sans-IO :class:`~punchcat.handshake.Election`; this loop only carries out
 its events.  Every connection that does not win is closed here, with a
-reset (see :func:`punchcat.sockopts.reset_close`).
+reset (see :func:`punchcat.sockopts.reset_close`), and what the techniques
+leave behind is tidied in the background (:mod:`punchcat.traverse.tidy`).
 """
 
 from __future__ import annotations
 
 import selectors
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import sockopts
 from .errors import NoConnection, check_interrupted
@@ -25,6 +27,8 @@ from .traverse.diagnosis import Observations, explain
 HELLO_TIMEOUT = 5.0
 #: The status line is redrawn this often.
 STATUS_INTERVAL = 1.0
+#: Longest wait for a tidy job at the end of a session.
+TIDY_WAIT = 2.0
 
 
 @dataclass
@@ -36,6 +40,13 @@ class Link:
     peer: Hello
     leader: bool
     leftover: bytes       # user data that arrived with the commit
+    #: Background jobs tidying the routers (punchcat.traverse.tidy); wait for
+    #: them before exiting.
+    tidying: list[threading.Thread] = field(default_factory=list)
+
+    def wait_tidy(self) -> None:
+        for thread in self.tidying:
+            thread.join(TIDY_WAIT)
 
 
 def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
@@ -48,6 +59,8 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
     election = Election(local)
     sel = selectors.DefaultSelector()
     conns: dict[socket.socket, float] = {}  # connection -> hello deadline
+    tidy = []                               # jobs to run once the election is over
+    link = None
 
     def close(sock: socket.socket) -> None:
         conns.pop(sock, None)
@@ -127,10 +140,12 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
         won = election.winner
         leader = election.leads(won.peer)
         reporter.info(f"winner: {_name(won.conn)} ({'leader' if leader else 'follower'})")
+        tidy = [job for t in techniques if (job := t.finish(leader)) is not None]
         sel.unregister(won.conn)
         conns.pop(won.conn)
         won.conn.setblocking(True)
-        return Link(won.conn, local, won.peer, leader, won.leftover)
+        link = Link(won.conn, local, won.peer, leader, won.leftover)
+        return link
     finally:
         for sock in list(conns):
             close(sock)
@@ -138,6 +153,9 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
             technique.close()
         reporter.clear()
         sel.close()
+        threads = [job.start() for job in tidy]
+        if link is not None:
+            link.tidying = threads
 
 
 def _name(sock: socket.socket) -> str:

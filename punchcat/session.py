@@ -67,7 +67,10 @@ def run(opts: Options, reporter: Reporter) -> None:
                 reporter.info(f"connected to {opts.peer.host} in "
                               f"{time.monotonic() - started:.2f} s")
                 sockopts.prepare_link(link.sock, opts.keepalive)
-                use_link(link, opts, reporter, listener)
+                try:
+                    use_link(link, opts, reporter, listener)
+                finally:
+                    link.wait_tidy()
             except PunchcatError as exc:
                 if not opts.keep_open or isinstance(exc, Interrupted):
                     raise

@@ -19,6 +19,7 @@ that tests exercise the portable code on Linux too.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -32,6 +33,8 @@ IPV6_MINHOPCOUNT = None if PORTABLE else getattr(
     socket, "IPV6_MINHOPCOUNT", 73 if os.uname().sysname == "Linux" else None)
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", None)
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25 if os.uname().sysname == "Linux" else None)
+#: What a non-blocking connect() answers when the SYN went out.
+CONNECTING = (0, errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)
 #: tcp_info.tcpi_state of a closed connection (Linux's TCP_CLOSE).
 TCP_CLOSE = 7
 #: A punch socket's TCP_USER_TIMEOUT (ms): the kernel gives up at its first

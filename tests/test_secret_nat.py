@@ -109,7 +109,8 @@ def test_a_byte_changed_in_transit_is_detected(make_lab, payload, tmp_path):
     assert b.returncode == 1
     assert "integrity" in b.stderr
     assert len(b.stdout) < len(data) and data.startswith(b.stdout)   # no corrupted byte out
-    assert runs["a"].returncode == 1
+    # Host a's status is not asserted: its kernel may have taken all 3 MB and
+    # b's (empty) end arrived, so a can end before b finds the flipped byte.
 
 
 def test_the_same_corruption_goes_unnoticed_without_a_secret(make_lab, payload):

@@ -16,6 +16,9 @@ is all the loop knows of a technique:
 * ``pause(now)``: some connection completed (maybe another technique's):
   hold back anything that would disturb the peer's router now;
 * ``status()``: a few words for the status line ("32 ports");
+* ``finish(leader)``: a connection won the election; hand over what must be
+  tidied while both sides still run (a :class:`~punchcat.traverse.tidy.Tidy`,
+  run in the background), or None;
 * ``close()``: close every socket it still holds.
 
 What each technique observed goes into one shared
@@ -50,5 +53,7 @@ class Technique(Protocol):
     def pause(self, now: float) -> None: ...
 
     def status(self) -> str: ...
+
+    def finish(self, leader: bool) -> Any: ...
 
     def close(self) -> None: ...

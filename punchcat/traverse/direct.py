@@ -116,6 +116,9 @@ class DirectPunch:
     def status(self) -> str:
         return f"{len(self.listeners)} ports (direct)"
 
+    def finish(self, leader: bool) -> None:
+        return None                      # no router between: nothing to tidy
+
     def close(self) -> None:
         for port in list(self.listeners):
             self._forget(port)

@@ -39,6 +39,7 @@ from . import Registration
 from .candidates import ArticlePorts
 from .diagnosis import Observations
 from .hops import HopsResult
+from .tidy import Tidy
 from .timing import Arm, SentinelSchedule
 
 
@@ -118,6 +119,18 @@ class SentinelPunch:
 
     def status(self) -> str:
         return f"{len(self.schedule.ports)} ports"
+
+    def finish(self, leader: bool) -> Tidy:
+        """Hand the sentinels still out to a :class:`Tidy` (see its module)."""
+        held = {}
+        for port, sock in list(self.socks.items()):
+            if port not in self.probing:         # a probe is no sentinel: closed below
+                self.sel.unregister(sock)
+                if port in self.guarded:
+                    sockopts.lift_guard(sock)
+                held[port] = self.socks.pop(port)
+                self.guarded.pop(port, None)
+        return Tidy(self.family, self.peer, list(self.schedule.ports), held, leader)
 
     def close(self) -> None:
         for port in list(self.socks):
