@@ -124,13 +124,13 @@ class SentinelPunch:
         """Hand the sentinels still out to a :class:`Tidy` (see its module)."""
         held = {}
         for port, sock in list(self.socks.items()):
-            if port not in self.probing:         # a probe is no sentinel: closed below
-                self.sel.unregister(sock)
-                if port in self.guarded:
-                    sockopts.lift_guard(sock)
-                held[port] = self.socks.pop(port)
-                self.guarded.pop(port, None)
-        return Tidy(self.family, self.peer, list(self.schedule.ports), held, leader)
+            self.sel.unregister(sock)
+            if port in self.guarded:
+                sockopts.lift_guard(sock)
+            held[port] = self.socks.pop(port)
+        self.guarded.clear()
+        self.probing.clear()
+        return Tidy(self.family, self.peer, held, leader)
 
     def close(self) -> None:
         for port in list(self.socks):

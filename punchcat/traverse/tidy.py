@@ -16,7 +16,7 @@ hosts slowed to seconds, one in 40 to 26 s.
 
 So the punch is finished off while both sides still run: right after it
 commits (``$``), the *leader* sweeps, sending a full-TTL SYN from every
-candidate port to the peer's same port; the *follower* holds its sentinels
+candidate port that still has a socket out to the peer's same port; the *follower* holds its sentinels
 (no longer recycled) for a grace period.  Each sweep SYN meets a held
 sentinel, the simultaneous open completes through both routers, and both
 sides end what completed with a FIN and a reset: the entries in both
@@ -49,8 +49,7 @@ class Tidy:
 
     family: int
     peer: str
-    ports: list[int]                  # every candidate port
-    held: dict[int, socket.socket] = field(default_factory=dict)   # sentinels still out
+    held: dict[int, socket.socket] = field(default_factory=dict)   # port -> socket still out
     leader: bool = False
     grace: float = GRACE
 
@@ -68,9 +67,12 @@ class Tidy:
         completed = 0
         try:
             if self.leader:
+                # Only ports that still hold a socket: those that connected
+                # (the winner and the losers) or met a reset are closed
+                # in both routers already.
                 for sock in self.held.values():
                     sock.close()
-                for port in self.ports:
+                for port in self.held:
                     try:
                         sock = sockopts.punch_socket(self.family, port)
                     except OSError:
