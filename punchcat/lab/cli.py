@@ -27,7 +27,7 @@ def _choice(value: str, allowed, what: str) -> str:
 
 def _summary(run: Run) -> list[str]:
     lines = []
-    for pattern in (r"winner: (.*)", r"connected to (.*)"):
+    for pattern in (r"path to [^\[]*[^\[ ]", r"winner: (.*)", r"connected to (.*)"):
         match = re.search(pattern, run.stderr)
         if match:
             lines.append(match.group(0))
@@ -45,6 +45,10 @@ def punchcat_lab(
                                  help="What host a's router does with an unsolicited SYN: "
                                       "drop, reject (TCP reset) or open (no filter)."),
     answer_b: str = typer.Option("drop", "--answer-b", metavar="ANSWER", help="Host b's router."),
+    inner_a: bool = typer.Option(False, "--inner-a",
+                                 help="Put host a behind a second NAT inside its home, like a "
+                                      "container on a Docker bridge (172.17.0.0/24)."),
+    inner_b: bool = typer.Option(False, "--inner-b", help="The same for host b."),
     skew: float = typer.Option(0.0, "--skew", metavar="SECONDS",
                                help="How far host b's clock is ahead of host a's."),
     delay: float = typer.Option(1.0, "--delay", metavar="SECONDS",
@@ -77,7 +81,7 @@ def punchcat_lab(
     sent = {"a": payload,
             "b": f"{message} (from b)\n".encode()}
     out = sys.stdout
-    with Lab(Side(nat_a, answer_a), Side(nat_b, answer_b)) as lab:
+    with Lab(Side(nat_a, answer_a, inner_a), Side(nat_b, answer_b, inner_b)) as lab:
         for side in "ab":
             s = lab.sides[side]
             where = ("a public address behind a stateful firewall" if s.nat == "none"
@@ -85,7 +89,8 @@ def punchcat_lab(
             answer = {"drop": "drops unsolicited SYNs",
                       "reject": "rejects unsolicited SYNs with a reset",
                       "open": "has no filter (its own TCP stack answers with a reset)"}[s.answer]
-            print(f"host {side}: {where}; its router {answer}; "
+            inner = " behind a container bridge's NAT (172.17.0.0/24)" if s.inner else ""
+            print(f"host {side}{inner}: {where}; its router {answer}; "
                   f"it names {lab.peer_of(side)} as PEER", file=out)
         print(f"host b starts {delay:g} s after host a, its clock {skew:+g} s off", file=out,
               flush=True)
