@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from punchcat.lab import Lab, Side, occupy_ports, run_pair
+from punchcat.lab import Lab, LanLab, Side, occupy_ports, run_pair
 from punchcat.schedule import active_ports
 
 PAYLOAD = 64 * 1024
@@ -43,6 +43,10 @@ class Row:
     chained: bool = False             # each run right after the previous, same lab
     expect_failure: bool = False
     timeout: float | None = None
+    lan: str | None = None            # a LanLab kind instead of two homes
+    hairpin: bool = False
+    first: str = "a"                  # which host starts first
+    fails_with: str = "no connection to"   # with expect_failure: in the last line
 
 
 ROWS = [
@@ -77,6 +81,13 @@ ROWS = [
         Side(inner=True, answer="reject"), Side(inner=True, answer="reject"), delay=(15.0, 30.0)),
     Row("random", "NAT randomises ports (masquerade fully-random): both exit 1",
         Side(nat="random"), Side(nat="random"), expect_failure=True, timeout=10.0),
+    Row("lan", "same LAN, no router (a starts first)", lan="link"),
+    Row("lan-b", "same LAN, no router (b starts first)", lan="link", first="b"),
+    Row("lan-routed", "same LAN through a plain router (no NAT)", lan="routed"),
+    Row("hairpin", "both behind one NAT naming its public address; router loops back",
+        lan="shared", hairpin=True),
+    Row("no-hairpin", "both behind one NAT naming its public address, no loopback: both exit 1",
+        lan="shared", expect_failure=True, timeout=10.0, fails_with="own router"),
 ]
 
 
@@ -92,16 +103,17 @@ def one_run(lab: Lab, row: Row, index: int, rng: random.Random) -> tuple[bool, f
     if row.skew:
         env["b"] = {"PUNCHCAT_CLOCK_OFFSET": str(row.skew if index % 2 == 0 else -row.skew)}
     runs = run_pair(lab, args, stdin=sent, env=env, delay_b=rng.uniform(*row.delay),
-                    timeout=(row.timeout or 180) + 60)
+                    timeout=(row.timeout or 180) + 60, first=row.first)
     a, b = runs["a"], runs["b"]
     if row.expect_failure:
-        ok = all(r.returncode == 1 and "no connection to" in r.stderr
+        ok = all(r.returncode == 1 and row.fails_with in r.stderr.splitlines()[-1]
                  and r.elapsed <= row.timeout + 5 for r in (a, b))
         return ok, None, "" if ok else a.stderr[-300:] + b.stderr[-300:]
     ok = (a.returncode == 0 and b.returncode == 0
           and a.stdout == sent["b"] and b.stdout == sent["a"])
     detail = "" if ok else f"a={a.returncode} b={b.returncode}\n{a.stderr[-400:]}\n{b.stderr[-400:]}"
-    return ok, b.first_byte, detail
+    later = b if row.first == "a" else a
+    return ok, later.first_byte, detail
 
 
 def run_row(row: Row, n: int, rng: random.Random, verbose: bool) -> dict:
@@ -113,7 +125,7 @@ def run_row(row: Row, n: int, rng: random.Random, verbose: bool) -> dict:
             if lab is None or not row.chained:
                 if lab is not None:
                     lab.close()
-                lab = Lab(row.a, row.b).__enter__()
+                lab = (LanLab(row.lan, row.hairpin) if row.lan else Lab(row.a, row.b)).__enter__()
                 if row.occupy:
                     wanted = sorted(active_ports(time.time(), 20, 10, 16))
                     holder = occupy_ports(lab, "a", wanted[::2])

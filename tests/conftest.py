@@ -9,25 +9,46 @@ import time
 
 import pytest
 
-from punchcat.lab import Lab, Side, missing_prerequisites
+from punchcat.lab import Lab, LanLab, Side, missing_prerequisites
 
 #: Set by .ci/run: lab tests must run there, so a missing prerequisite fails them.
 REQUIRE_LAB = os.environ.get("PUNCHCAT_REQUIRE_LAB") == "1"
 
 
-@pytest.fixture
-def make_lab():
-    """Build NAT labs; each is torn down after the test, pass or fail."""
+def lab_or_skip() -> None:
+    """Skip (fail under CI) unless this machine can build the lab."""
     missing = missing_prerequisites()
     if missing:
         reason = "the NAT lab needs " + ", ".join(missing)
         if REQUIRE_LAB:
             pytest.fail(reason + " (PUNCHCAT_REQUIRE_LAB=1)")
         pytest.skip(reason)
+
+
+@pytest.fixture
+def make_lab():
+    """Build NAT labs; each is torn down after the test, pass or fail."""
+    lab_or_skip()
     labs: list[Lab] = []
 
     def make(a: Side = Side(), b: Side = Side(), ipv6: bool = False) -> Lab:
         lab = Lab(a, b, ipv6=ipv6)
+        labs.append(lab)
+        return lab.__enter__()
+
+    yield make
+    for lab in labs:
+        lab.close()
+
+
+@pytest.fixture
+def make_lan():
+    """Build two hosts near each other (punchcat.lab.lan); torn down after the test."""
+    lab_or_skip()
+    labs: list[LanLab] = []
+
+    def make(kind: str = "link", hairpin: bool = False) -> LanLab:
+        lab = LanLab(kind, hairpin)
         labs.append(lab)
         return lab.__enter__()
 

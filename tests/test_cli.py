@@ -52,6 +52,9 @@ def run(*args, stdin=b"", timeout=30):
     (["-s", "x", "--secret-file", "/etc/hostname", "192.0.2.1"], "give the secret once"),
     (["--secret-file", "/nonexistent/secret", "192.0.2.1"], "cannot read the secret file"),
     (["-s", "", "192.0.2.1"], "secret is empty"),
+    (["127.0.0.1"], "is an address of this host: name the other host's address (to try "
+                    "punchcat on one machine, run punchcat-lab)"),
+    (["127.0.0.2"], "is an address of this host"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args, needle):
     done = run(*args, stdin=b"secret data")

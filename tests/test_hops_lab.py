@@ -99,10 +99,12 @@ def test_two_nats(chain):                                                       
 
 
 def test_same_link(chain):                                                      # (c)
+    # A private address is on this network: no probe at all (hops.nearby).
     c = chain(hc.same_link())
     r = discover_in(c, "a", "192.168.1.3", "c, same link")[0]
-    assert (r["peer_distance"], r["ttls"], r["conclusive"]) == (1, [], True)
-    assert r["line"] == "peer is 1 hop away (same link); no sentinels: plain simultaneous open"
+    assert (r["peer_distance"], r["ttls"], r["conclusive"], r["probed"]) == (None, [], True, False)
+    assert r["line"] == ("peer is a private address, on this network; "
+                         "no sentinels: plain simultaneous open")
     assert r["elapsed"] < QUICK
 
 

@@ -25,7 +25,7 @@ LAYERS = [
     # one run, and the command lines
     ["options", "session", "entry", "cli", "__main__", "__init__"],
     # the lab, on top of everything
-    ["lab", "lab.net", "lab.pairs", "lab.upnp", "lab.cli"],
+    ["lab", "lab.netns", "lab.net", "lab.lan", "lab.pairs", "lab.upnp", "lab.cli"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

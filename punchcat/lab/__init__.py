@@ -1,12 +1,17 @@
 """The NAT lab: real Linux NAT routers in network namespaces, on one box.
 
-:mod:`.net` builds the network (hosts, routers, their nftables rulesets),
+:mod:`.netns` holds the namespace plumbing, :mod:`.net` builds two homes
+behind NAT routers (hosts, routers, their nftables rulesets), :mod:`.lan`
+two hosts near each other (one link, a plain router, one shared NAT),
 :mod:`.pairs` runs punchcat pairs across it, and :mod:`.cli` is the
 ``punchcat-lab`` demo.  Used by the tests, the benchmarks and the demo.
 """
 
-from .net import ANSWERS, NAT_MODES, Lab, LabUnavailable, Side, missing_prerequisites
+from .lan import LanLab
+from .net import ANSWERS, NAT_MODES, Lab, Side
+from .netns import LabUnavailable, missing_prerequisites
 from .pairs import PUNCHCAT, Run, endless_input, occupy_ports, run_pair
 
-__all__ = ["ANSWERS", "NAT_MODES", "Lab", "LabUnavailable", "Side", "missing_prerequisites",
-           "PUNCHCAT", "Run", "endless_input", "occupy_ports", "run_pair"]
+__all__ = ["ANSWERS", "NAT_MODES", "Lab", "LanLab", "LabUnavailable", "Side",
+           "missing_prerequisites", "PUNCHCAT", "Run", "endless_input", "occupy_ports",
+           "run_pair"]

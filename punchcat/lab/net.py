@@ -31,39 +31,14 @@ after a failure.
 
 from __future__ import annotations
 
-import itertools
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 
-from ..errors import PunchcatError
+from .netns import LabUnavailable, Namespaces, missing_prerequisites, run
+
+__all__ = ["ANSWERS", "NAT_MODES", "Lab", "LabUnavailable", "Side", "missing_prerequisites"]
 
 NAT_MODES = ("preserve", "random", "none")
 ANSWERS = ("drop", "reject", "open")
-PREFIX = "pclab"
-
-_counter = itertools.count(1)
-
-
-class LabUnavailable(PunchcatError):
-    """The lab cannot be built here; the message says what is missing."""
-
-
-def missing_prerequisites() -> list[str]:
-    """What this machine lacks to build the lab (empty when it can)."""
-    missing = []
-    if not sys.platform.startswith("linux"):
-        missing.append("Linux network namespaces")
-    if os.geteuid() != 0:
-        missing.append("root (network namespaces and nftables need it)")
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
-        if shutil.which(tool) is None:
-            missing.append(f"the '{tool}' command (apt-get install {package})")
-    return missing
 
 
 @dataclass(frozen=True)
@@ -152,7 +127,7 @@ _V6 = {"a": ("2001:db8:a::", "2001:db8:1::10", "2001:db8:1::1"),
 _V6_CORE = ("2001:db8:12::1", "2001:db8:12::2")
 
 
-class Lab:
+class Lab(Namespaces):
     """Two NATed hosts and the routers between them; use as a context manager."""
 
     def __init__(self, a: Side = Side(), b: Side = Side(), ipv6: bool = False):
@@ -160,11 +135,9 @@ class Lab:
         self.ipv6 = ipv6
         if ipv6 and (a.inner or b.inner):
             raise ValueError("an inner NAT is IPv4 only")
-        tag = f"{PREFIX}{os.getpid()}-{next(_counter)}"
-        roles = ["a", "ra", "c1", "c2", "rb", "b"] + [f"i{s}" for s in "ab" if self.sides[s].inner]
-        self.ns = {role: f"{tag}-{role}" for role in roles}
-        self.procs: list[subprocess.Popen] = []
-        self._built: list[str] = []
+        self.roles = ("a", "ra", "c1", "c2", "rb", "b") + tuple(
+            f"i{s}" for s in "ab" if self.sides[s].inner)
+        super().__init__()
 
     # -- addresses ---------------------------------------------------------
     def public_address(self, side: str, v6: bool = False) -> str:
@@ -179,25 +152,7 @@ class Lab:
         return self.public_address("b" if side == "a" else "a", v6)
 
     # -- building ----------------------------------------------------------
-    def __enter__(self) -> "Lab":
-        try:
-            self.build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def build(self) -> None:
-        missing = missing_prerequisites()
-        if missing:
-            raise LabUnavailable("the NAT lab needs " + ", ".join(missing))
-        sweep_stale()
-        for name in self.ns.values():
-            _ip("netns", "add", name)
-            self._built.append(name)
+    def build_network(self) -> None:
         ns = self.ns
         links = [("ra", "wan", "c1", "west"), ("c1", "east", "c2", "west"),
                  ("c2", "east", "rb", "wan")]
@@ -206,9 +161,8 @@ class Lab:
                 links += [(side, "eth0", f"i{side}", "lan"), (f"i{side}", "uplink", f"r{side}", "lan")]
             else:
                 links.append((side, "eth0", f"r{side}", "lan"))
-        for left, lname, right, rname in links:
-            _ip("link", "add", lname, "netns", ns[left], "type", "veth",
-                "peer", "name", rname, "netns", ns[right])
+        for link in links:
+            self.link(*link)
         c1, c2 = _CORE_LINK
         config = {"c1": [f"addr add {c1}/30 dev east", f"addr add {_WAN['a'][1]}/24 dev west",
                          f"route add default via {c2}"],
@@ -232,23 +186,16 @@ class Lab:
             config[side] = home
         if self.ipv6:
             self._add_ipv6(config)
-        for role, name in ns.items():
-            # No duplicate address detection: addresses usable at once.
-            self.sh(role, "for f in /proc/sys/net/ipv6/conf/*/accept_dad; do echo 0 > $f; done")
+        for role in ns:
             ifaces = {"a": ["eth0"], "b": ["eth0"], "ra": ["lan", "wan"], "rb": ["lan", "wan"],
                       "c1": ["west", "east"], "c2": ["west", "east"],
                       "ia": ["lan", "uplink"], "ib": ["lan", "uplink"]}[role]
-            batch = ["link set lo up"] + [f"link set {i} up" for i in ifaces] + config[role]
-            _ip("-n", name, "-batch", "-", stdin="\n".join(batch) + "\n")
-            if role not in ("a", "b"):
-                self.sh(role, "echo 1 > /proc/sys/net/ipv4/ip_forward")
-                if self.ipv6:
-                    self.sh(role, "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding")
+            self.configure(role, ifaces, config[role], forward=role not in ("a", "b"),
+                           ipv6=self.ipv6)
         for side, router in (("a", "ra"), ("b", "rb")):
-            _run(["ip", "netns", "exec", ns[router], "nft", "-f", "-"],
-                 stdin=_ruleset(self.sides[side]))
+            self.nft(router, _ruleset(self.sides[side]))
             if self.sides[side].inner:
-                _run(self.command(f"i{side}", ["nft", "-f", "-"]), stdin=_INNER_RULESET)
+                self.nft(f"i{side}", _INNER_RULESET)
 
     def host_address(self, side: str) -> str:
         """Host *side*'s own address in its LAN."""
@@ -263,7 +210,7 @@ class Lab:
         socat, which cannot punch, in benchmarks)."""
         router = "ra" if side == "a" else "rb"
         host = self.host_address(side)
-        _run(self.command(router, ["nft", "-f", "-"]), stdin=f"""
+        self.nft(router, f"""
 table ip labfwd {{
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
@@ -276,7 +223,7 @@ insert rule inet lab forward ct status dnat accept
     def cut_path(self) -> None:
         """Drop every packet through core router c1 from now on: the path
         between the two homes dies without a word (for dead-peer tests)."""
-        _run(self.command("c1", ["nft", "-f", "-"]), stdin="""
+        self.nft("c1", """
 table inet cut {
     chain forward { type filter hook forward priority -10; policy drop; }
 }
@@ -286,7 +233,7 @@ table inet cut {
         """Host *side* drops ICMP time-exceeded: stands in for a kernel that
         treats it as a soft error for a connecting socket (the BSDs), so
         that sentinels survive without IP_MINTTL (portable-mode tests)."""
-        _run(self.command(side, ["nft", "-f", "-"]), stdin="""
+        self.nft(side, """
 table inet soft {
     chain input {
         type filter hook input priority -10; policy accept;
@@ -314,60 +261,3 @@ table inet soft {
                                f"route add default via {gateway}"]
             config[side] += [f"addr add {lan}2/64 dev eth0 nodad",
                              f"route add default via {lan}1"]
-
-    # -- running things inside ---------------------------------------------
-    def command(self, role: str, argv: list[str]) -> list[str]:
-        """*argv* as run inside the namespace of *role* (a, ra, c1, c2, rb, b)."""
-        return ["ip", "netns", "exec", self.ns[role], *argv]
-
-    def popen(self, role: str, argv: list[str], **kwargs) -> subprocess.Popen:
-        proc = subprocess.Popen(self.command(role, argv), **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def sh(self, role: str, script: str) -> str:
-        return _run(self.command(role, ["sh", "-c", script]))
-
-    # -- teardown ----------------------------------------------------------
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.procs.clear()
-        while self._built:
-            _delete_namespace(self._built.pop())
-
-
-def _delete_namespace(name: str) -> None:
-    """Kill whatever still runs in namespace *name*, then delete it."""
-    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
-    for pid in pids.split():
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
-def sweep_stale() -> None:
-    """Delete lab namespaces left behind by processes that no longer exist."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for line in listing.splitlines():
-        match = re.match(rf"({PREFIX}(\d+)-\d+-\w+)", line)
-        if match and not os.path.exists(f"/proc/{match.group(2)}"):
-            _delete_namespace(match.group(1))
-
-
-def _run(argv: list[str], stdin: str | None = None) -> str:
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise LabUnavailable(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def _ip(*args: str, stdin: str | None = None) -> str:
-    return _run(["ip", *args], stdin=stdin)

@@ -15,7 +15,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .net import Lab
+from ..errors import check_interrupted
+from .netns import Namespaces as Lab
 
 PUNCHCAT = [sys.executable, "-m", "punchcat"]
 
@@ -83,14 +84,16 @@ def run_pair(lab: Lab, args: list[str] | dict[str, list[str]] = (), *,
              stdout: dict[str, str] | None = None,
              env: dict[str, dict[str, str]] | None = None,
              wrap: dict[str, list[str]] | None = None,
-             delay_b: float = 0.0, timeout: float = 120.0, v6: bool = False) -> dict[str, Run]:
+             delay_b: float = 0.0, timeout: float = 120.0, v6: bool = False,
+             first: str = "a") -> dict[str, Run]:
     """Run punchcat on both hosts, each naming the other, and wait for both.
 
     *args* are extra options, the same for both sides or per side.  *stdin*
     per side is bytes (fed through a pipe) or a path (a regular file);
     *stdout* per side is a path to write to (default: a pipe, captured).
     *wrap* per side is a command prefix (e.g. faketime).  Host b starts
-    *delay_b* seconds after host a.
+    *delay_b* seconds after host a (or, with ``first="b"``, host a that long
+    after host b).
     """
     stdin, stdout, env, wrap = stdin or {}, stdout or {}, env or {}, wrap or {}
     runs: dict[str, Run] = {}
@@ -103,13 +106,26 @@ def run_pair(lab: Lab, args: list[str] | dict[str, list[str]] = (), *,
             target=_run_one, daemon=True,
             args=(lab, runs[side], stdin.get(side, b""), stdout.get(side),
                   {**os.environ, **env.get(side, {})}, timeout)))
+    if first == "b":
+        threads.reverse()
     threads[0].start()
-    if delay_b:
-        time.sleep(delay_b)          # the experiment's own parameter
+    _wait(lambda: False, delay_b)    # the experiment's own parameter
     threads[1].start()
     for thread in threads:
-        thread.join()
+        _wait(lambda: not thread.is_alive(), None)
     return runs
+
+
+def _wait(done, seconds: float | None) -> None:
+    """Until *done()* or *seconds* have passed, noticing a signal whose first
+    raise was lost (see :func:`punchcat.errors.check_interrupted`)."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while not done():
+        left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+        if left <= 0:
+            return
+        time.sleep(left)
+        check_interrupted()
 
 
 def _run_one(lab: Lab, run: Run, stdin, stdout_path, env, timeout) -> None:

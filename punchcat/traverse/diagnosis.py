@@ -86,10 +86,10 @@ def explain(seen: Observations) -> str:
         facts.append(f"{seen.sentinel_refused} low-TTL sentinels were answered by a reset "
                      f"(the peer or its router is nearer than they reach)")
     hints: list[str] = []
-    if route is not None and route.peer_distance == 1 and not seen.connections:
-        hints.append(f"{peer} answered from one hop away: if that is your own router's "
-                     f"public address, both hosts are behind it and it does not loop "
-                     f"traffic back; name the peer's LAN address instead")
+    if route is not None and route.own_router and not seen.connections:
+        hints.append(f"{peer} is this side's own router: if the peer is behind the same "
+                     f"router, the router does not loop traffic back to it; name the peer's "
+                     f"address in the LAN instead")
     if seen.unreachable and seen.unreachable >= seen.probes // 2:
         hints.append(f"the network says {peer} is unreachable: check the address")
     family = "IPv6" if seen.family == socket.AF_INET6 else "IPv4"

@@ -162,6 +162,10 @@ FAR_TTL = 64
 FALLBACK_TTL = 2
 #: Hard deadline of a discovery (seconds).
 TIMEOUT = 0.2
+#: Probes leave this far apart, lowest TTL first, and none once the peer (or
+#: a wall) has answered: a router answers only ~6 ICMP errors at once per
+#: destination, then one a second, and a second run soon after needs them.
+STAGGER = 0.002
 #: Once the answer cannot change any more, wait this long (or half the time
 #: spent so far, if longer) for stragglers that only add detail.
 GRACE = 0.01
@@ -178,6 +182,52 @@ _INSIDE = [ipaddress.ip_network(n) for n in (
     "100.64.0.0/10",                                     # shared (carrier NAT)
     "169.254.0.0/16", "127.0.0.0/8",                     # link-local, loopback
     "fc00::/7", "fe80::/10", "::1/128")]                 # unique-local, link-local, loopback
+
+
+#: Addresses a peer has only on our own network: it is near, no NAT between.
+_NEAR = [ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+    "fc00::/7", "fe80::/10")]
+
+
+def nearby(peer: str) -> str | None:
+    """Why *peer* is on our own network (a private address, or on one of our
+    links), so that no NAT lies between and no discovery is needed; else None."""
+    ip = ipaddress.ip_address(peer.split("%")[0])
+    if any(ip in net for net in _NEAR if net.version == ip.version):
+        return "a private address, on this network"
+    if not ip.is_loopback and on_link(ip):
+        return "on this host's link"
+    return None
+
+
+def on_link(ip: ipaddress._BaseAddress) -> bool:
+    """Whether the most specific route to *ip* has no gateway (Linux /proc)."""
+    if ip.is_loopback:
+        return True
+    best, direct = -1, False
+    try:
+        if ip.version == 4:
+            with open("/proc/net/route") as table:
+                for line in list(table)[1:]:
+                    fields = line.split()
+                    dest, gateway, flags, mask = (int(fields[i], 16) for i in (1, 2, 3, 7))
+                    net = int.from_bytes(dest.to_bytes(4, "little"), "big")
+                    bits = int.from_bytes(mask.to_bytes(4, "little"), "big")
+                    prefix = bin(bits).count("1")
+                    if int(ip) & bits == net and prefix > best and flags & 1:
+                        best, direct = prefix, gateway == 0 and prefix > 0
+        else:
+            with open("/proc/net/ipv6_route") as table:
+                for line in table:
+                    fields = line.split()
+                    prefix, nexthop = int(fields[1], 16), int(fields[4], 16)
+                    net = ipaddress.ip_network((int(fields[0], 16), prefix))
+                    if ip in net and prefix > best and fields[9] != "lo":
+                        best, direct = prefix, nexthop == 0 and prefix > 0
+    except (OSError, ValueError, IndexError):
+        return False
+    return direct
 
 
 def is_inside(address: str) -> bool:
@@ -271,6 +321,9 @@ class HopsResult:
     reason: str
     elapsed: float = 0.0
     probed: bool = True            # False: no probe could be sent at all
+    near: str = ""                 # why the peer is on our own network (no probe sent)
+    own_router: bool = False       # the peer's address answered from hop 1, off our link:
+                                   # it is our own router's (both hosts behind one NAT)
 
     @property
     def sentinel(self) -> bool:
@@ -431,6 +484,11 @@ def _plural(n: int, word: str) -> str:
 
 def describe(result: HopsResult) -> str:
     """A human line, e.g. "2 NATs on this side (172.17.0.1, 192.168.1.1); sentinel TTL 3"."""
+    if result.near:
+        return f"peer is {result.near}; no sentinels: plain simultaneous open"
+    if result.own_router:
+        return ("the peer's address is this side's own router (it answered from hop 1); "
+                "no sentinels: plain simultaneous open")
     ours = [h.address or "silent" for h in result.hops[:result.inside]]
     ours += ["?"] * (result.inside - len(ours))
     if result.peer_distance is not None and not result.sentinel and result.inside_known:
@@ -512,12 +570,19 @@ def discover(peer: str, port: int = PORT, max_ttl: int = MAX_TTL,
     """Probe the path toward *peer* (an IPv4 or IPv6 address) and classify it.
 
     Sends one UDP datagram per TTL 1 … *max_ttl* (and one at *far_ttl*) to
-    *peer*:*port* at once and reads the ICMP errors they provoke; returns as
+    *peer*:*port*, :data:`STAGGER` apart and none after the path's end has
+    answered, and reads the ICMP errors they provoke; returns as
     soon as more answers cannot change the recommendation (after
     :data:`GRACE`), at the latest after *timeout* seconds.  Needs no
     privileges.  Never raises for network conditions: a probe that cannot be
     sent is a hop that did not answer.
     """
+    near = nearby(peer)
+    if near:
+        return HopsResult(peer=peer, hops=(), far=None, inside=0, inside_known=True,
+                          peer_distance=None, peer_answered=False, wall=None, blocked=None,
+                          ttls=(), conclusive=True, near=near, probed=False,
+                          reason=f"the peer is {near}: no NAT between, no sentinel")
     if not AVAILABLE:
         return dataclasses.replace(
             classify(peer, [], max_ttl=max_ttl), ttls=(FALLBACK_TTL,), conclusive=False,
@@ -531,28 +596,38 @@ def discover(peer: str, port: int = PORT, max_ttl: int = MAX_TTL,
     sent: dict[int, float] = {}
     sel = selectors.DefaultSelector()
     socks: list[socket.socket] = []
+    unsent = list(ttls)
+    next_send = started
+
+    def send(ttl: int) -> None:
+        try:
+            sock = _probe_socket(family, ttl)
+        except OSError:
+            return
+        socks.append(sock)
+        try:
+            sock.connect((peer, port))
+            sent[ttl] = time.monotonic()
+            sock.send(PAYLOAD)
+        except OSError as exc:
+            answers[ttl] = Hop(ttl, None, LOCAL,
+                               error=errno.errorcode.get(exc.errno, str(exc.errno)))
+            return
+        sel.register(sock, selectors.EVENT_READ, ttl)
+
     try:
-        for ttl in ttls:
-            try:
-                sock = _probe_socket(family, ttl)
-            except OSError:
-                continue
-            socks.append(sock)
-            try:
-                sock.connect((peer, port))
-                sent[ttl] = time.monotonic()
-                sock.send(PAYLOAD)
-            except OSError as exc:
-                answers[ttl] = Hop(ttl, None, LOCAL,
-                                   error=errno.errorcode.get(exc.errno, str(exc.errno)))
-                continue
-            sel.register(sock, selectors.EVENT_READ, ttl)
         grace_until = None
         while True:
             now = time.monotonic()
             probes = [answers.get(t, Hop(t)) for t in range(1, max_ttl + 1)]
             result = classify(peer, probes, answers.get(far_ttl), max_ttl, now - started)
-            if _finished(result, answers, max_ttl, far_ttl, ttls):
+            if result.peer_distance or result.wall:
+                unsent.clear()           # the path's end answered: spare its ICMP budget
+            while unsent and now >= next_send:
+                send(unsent.pop(0))
+                next_send += STAGGER
+            if not unsent and _finished(result, answers, max_ttl, far_ttl,
+                                        [t for t in ttls if t in sent or t in answers]):
                 break
             if result.conclusive:
                 if grace_until is None:
@@ -560,9 +635,10 @@ def discover(peer: str, port: int = PORT, max_ttl: int = MAX_TTL,
             else:
                 grace_until = None
             until = min(deadline, grace_until or deadline)
-            if now >= until or not sel.get_map():
+            if now >= until or (not sel.get_map() and not unsent):
                 break
-            for key, _events in sel.select(until - now):
+            wait = min(until, next_send) if unsent else until
+            for key, _events in sel.select(max(0.0, wait - now)):
                 sock, ttl = key.fileobj, key.data
                 for err in _read_errors(sock):
                     if ttl in answers and answers[ttl].answered:
@@ -586,6 +662,8 @@ def discover(peer: str, port: int = PORT, max_ttl: int = MAX_TTL,
     elapsed = time.monotonic() - started
     probes = [answers.get(t, Hop(t)) for t in range(1, max_ttl + 1)]
     result = classify(peer, probes, answers.get(far_ttl), max_ttl, elapsed)
+    if result.peer_distance == 1 and not on_link(ipaddress.ip_address(peer)):
+        result = dataclasses.replace(result, own_router=True)
     if not sent or all(answers.get(t, Hop(t)).kind == LOCAL for t in sent):
         # Nothing went out (no IP_RECVERR on this system, no route, a local
         # firewall): no evidence at all; the TTL punchcat always used.
