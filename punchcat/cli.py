@@ -73,6 +73,10 @@ def punchcat(
         options.DEFAULT_KEEPALIVE, "--keepalive", metavar="SECONDS",
         help="Notice a vanished peer or a dead path within about this long, and keep NAT "
              "mappings alive."),
+    no_port_guessing: bool = typer.Option(
+        False, "--no-port-guessing",
+        help="Never start the random-port fallback (a burst of SYNs at the peer's ports, "
+             "which an intrusion detector may take for a port scan)."),
     ipv4: bool = typer.Option(False, "-4", help="Use IPv4 only."),
     ipv6: bool = typer.Option(False, "-6", help="Use IPv6 only."),
     plan: bool = typer.Option(
@@ -96,7 +100,7 @@ def punchcat(
         peer=peer, timeout=timeout, clock_error=clock_error, run_window=run_window,
         ports=ports, listen=listen, connect=connect, keep_open=keep_open, secret=secret,
         secret_file=secret_file, stats=stats, keepalive=keepalive, ipv4=ipv4, ipv6=ipv6,
-        plan=plan, verbose=verbose, quiet=quiet)
+        plan=plan, verbose=verbose, quiet=quiet, port_guessing=not no_port_guessing)
     if opts.plan:
         the_plan = article_plan(session.clock(), opts.clock_error, opts.run_window, opts.ports)
         print(json.dumps(the_plan.as_dict()))  # stdout-ok: the plan is the output

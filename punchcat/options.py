@@ -40,12 +40,14 @@ class Options:
     stats: bool
     level: int                       # QUIET, NORMAL or VERBOSE (punchcat.status)
     plan: bool
+    port_guessing: bool = True       # the random-port fallback (traverse.birthday)
 
 
 def parse(*, peer: str | None, timeout: float, clock_error: float, run_window: float,
           ports: int, listen: str | None, connect: str | None, keep_open: bool,
           secret: str | None, secret_file: str | None, stats: bool, keepalive: float,
-          ipv4: bool, ipv6: bool, plan: bool, verbose: bool, quiet: bool) -> Options:
+          ipv4: bool, ipv6: bool, plan: bool, verbose: bool, quiet: bool,
+          port_guessing: bool = True) -> Options:
     """Check the command line; raise :class:`UsageError` with one line if it cannot work."""
     if verbose and quiet:
         raise UsageError("-v and -q cannot be used together")
@@ -88,4 +90,5 @@ def parse(*, peer: str | None, timeout: float, clock_error: float, run_window: f
     return Options(peer=address, mode=mode, listen=local, connect=target, keep_open=keep_open,
                    secret=secret, timeout=timeout, keepalive=keepalive,
                    clock_error=clock_error, run_window=run_window, ports=ports, stats=stats,
-                   level=VERBOSE if verbose else QUIET if quiet else NORMAL, plan=plan)
+                   level=VERBOSE if verbose else QUIET if quiet else NORMAL, plan=plan,
+                   port_guessing=port_guessing)

@@ -26,6 +26,7 @@ from .schedule import article_plan
 from .secure import secure
 from .status import VERBOSE, Reporter, describe, show_progress
 from .traverse import Technique, hops
+from .traverse.birthday import BirthdayPunch
 from .traverse.candidates import ArticlePorts
 from .traverse.diagnosis import Observations
 from .traverse.direct import DirectPunch
@@ -91,7 +92,10 @@ def techniques(opts: Options, route: hops.HopsResult, reporter: Reporter,
     ports = ArticlePorts(clock, opts.clock_error, opts.run_window, opts.ports, reporter)
     if not route.sentinel:           # the peer is too near for a sentinel
         return [DirectPunch(peer.family, peer.host, ports, reporter, seen)]
-    return [SentinelPunch(peer.family, peer.host, ports, route, reporter, seen)]
+    found = [SentinelPunch(peer.family, peer.host, ports, route, reporter, seen)]
+    if opts.port_guessing:
+        found.append(BirthdayPunch(peer.family, peer.host, ports, route, reporter, seen, clock))
+    return found
 
 
 def punch(opts: Options, route: hops.HopsResult, reporter: Reporter, deadline: float) -> Link:

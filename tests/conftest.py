@@ -60,7 +60,7 @@ def make_lan():
 #: The Debian package of each tool the lab tests use beyond ip and nft.
 PACKAGES = {"sshd": "openssh-server", "ssh": "openssh-client", "scp": "openssh-client",
             "ssh-keygen": "openssh-client", "tcpdump": "tcpdump", "faketime": "faketime",
-            "conntrack": "conntrack", "/usr/bin/time": "time"}
+            "conntrack": "conntrack", "/usr/bin/time": "time", "prlimit": "util-linux"}
 
 
 def need(*tools: str) -> None:

@@ -18,7 +18,7 @@ LAYERS = [
     ["portmap", "portmap.common", "portmap.natpmp", "portmap.pcp", "portmap.upnp", "portmap.local",
      "portmap.client",
      "traverse", "traverse.timing", "traverse.hops", "traverse.diagnosis", "traverse.candidates",
-     "traverse.tidy", "traverse.sentinel", "traverse.direct",
+     "traverse.tidy", "traverse.sentinel", "traverse.direct", "traverse.birthday",
      "secure"],
     # agreeing on a connection; moving data
     ["agree", "relay", "forward"],

@@ -229,17 +229,57 @@ def test_a_session_leaves_no_half_open_entries_in_the_routers(make_lab, payload,
         assert len(half_open) <= 1, table                        # was one per port (31)
 
 
-def test_a_nat_that_randomises_ports_fails_clearly(make_lab):
+# -- issue 13: a NAT that gives each connection a random port -----------------
+
+@pytest.mark.parametrize("random_side, answer", [("a", "drop"), ("b", "reject")])
+def test_one_side_randomises_ports_and_the_fallback_connects(make_lab, payload, random_side,
+                                                              answer):
+    sides = {s: Side(nat="random" if s == random_side else "preserve", answer=answer)
+             for s in "ab"}
+    runs = exchange(make_lab(sides["a"], sides["b"]), payload, delay_b=1.0)
+    for side in "ab":
+        assert "random-port fallback: 256 sentinels from random ports toward port" in \
+            runs[side].stderr
+    met = {side: re.search(r"random-port fallback: (a sentinel|a guess) met the peer",
+                           runs[side].stderr) for side in "ab"}
+    assert met[random_side] and met[random_side].group(1) == "a sentinel"
+
+
+def test_both_nats_randomise_ports_and_the_line_says_why(make_lab):
     lab = make_lab(Side(nat="random"), Side(nat="random"))
-    runs = run_pair(lab, ["-w", "4"], stdin={"a": b"x", "b": b"y"}, delay_b=0.2, timeout=30)
+    runs = run_pair(lab, ["-w", "6"], stdin={"a": b"x", "b": b"y"}, delay_b=0.2, timeout=30)
     for run in runs.values():
         assert run.returncode == 1
-        assert run.elapsed < 4 + 3
+        assert run.elapsed < 6 + 3
         assert run.stdout == b""
         lines = run.stderr.splitlines()
         assert len(lines) == 1
-        assert "no SYN of its reached this host" in lines[0]
-        assert "a NAT that gives each connection a random port" in lines[0]
+        assert re.search(r"The random-port fallback guessed \d+ of the peer's ports against 256 "
+                         r"random ports of this side without a hit: if both NATs give each "
+                         r"connection a random port \(carrier-grade NAT, phone hotspots\), no "
+                         r"direct path exists without a router's help", lines[0]), lines[0]
+
+
+def test_without_port_guessing_one_random_side_fails_and_says_what_might_be_why(make_lab):
+    lab = make_lab(Side(nat="random"), Side())
+    runs = run_pair(lab, ["-w", "5", "-v", "--no-port-guessing"], stdin={"a": b"x", "b": b"y"},
+                    delay_b=0.2, timeout=30)
+    for run in runs.values():
+        assert run.returncode == 1
+        assert "random-port fallback" not in run.stderr
+        line = failure_line(run)
+        assert "no SYN of its reached this host" in line
+        assert "a NAT that gives each connection a random port" in line
+
+
+def test_too_few_file_descriptors_for_the_fallback_is_said(make_lab):
+    need("prlimit")
+    lab = make_lab(Side(nat="random"), Side())
+    runs = run_pair(lab, ["-w", "5"], stdin={"a": b"x", "b": b"y"}, delay_b=0.2, timeout=30,
+                    wrap={"a": ["prlimit", "--nofile=200:200"]})
+    assert runs["a"].returncode == 1
+    assert ("The random-port fallback could not run: only 200 file descriptors (ulimit -n)"
+            in failure_line(runs["a"]))
 
 
 # -- issue 12: a host behind two NATs (a container bridge behind the home router) --

@@ -44,6 +44,8 @@ class Observations:
     connections: int = 0      # TCP connections completed (the peer's SYN met ours)
     not_punchcat: int = 0     # ... that turned out not to be a punchcat
     no_hello: int = 0         # ... on which no hello came
+    random_ports: int = 0     # sentinels of the random-port fallback from random ports
+    guesses: int = 0          # the fallback's guesses of the peer's ports
     notes: list[str] = field(default_factory=list)   # techniques' own findings
 
     def summary(self) -> str:
@@ -51,7 +53,8 @@ class Observations:
         return (f"{self.probes} probes ({self.refused} reset, {self.unreachable} ICMP, "
                 f"{self.silent} unanswered), sentinels answered by {self.sentinel_refused} "
                 f"resets and {self.sentinel_unreachable} ICMP errors, {self.connections} "
-                f"connections ({self.not_punchcat} not punchcat, {self.no_hello} without hello)")
+                f"connections ({self.not_punchcat} not punchcat, {self.no_hello} without hello), "
+                f"{self.guesses} guesses against {self.random_ports} random ports")
 
 
 def explain(seen: Observations) -> str:
@@ -103,7 +106,13 @@ def explain(seen: Observations) -> str:
             hints.append(f"this side is behind a carrier-grade NAT ({carrier[0]}), "
                          f"which often gives each connection a random port")
     hints += seen.notes
-    if not seen.connections and not any("random port" in h for h in hints):
+    if seen.guesses:
+        hints.append(f"the random-port fallback guessed {seen.guesses} of the peer's ports "
+                     f"against {seen.random_ports} random ports of this side without a hit: "
+                     f"if both NATs give each connection a random port (carrier-grade NAT, "
+                     f"phone hotspots), no direct path exists without a router's help "
+                     f"(port mapping)")
+    elif not seen.connections and not any("random port" in h for h in hints):
         hints.append("if all that holds, a NAT that gives each connection a random port "
                      "(carrier-grade NAT, phone hotspots) would explain it")
     return f"no connection to {peer}: {'; '.join(facts)}. {' '.join(_sentence(h) for h in hints)}"
