@@ -21,7 +21,7 @@ from . import sockopts
 from .errors import NoConnection, check_interrupted
 from .handshake import Drop, Election, Hello, Send
 from .traverse import Registration, Technique
-from .traverse.diagnosis import Observations, explain
+from .traverse.diagnosis import Observations, explain_all
 
 #: A connection whose hello has not arrived after this long is dropped.
 HELLO_TIMEOUT = 5.0
@@ -50,11 +50,11 @@ class Link:
 
 
 def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
-          seen: Observations) -> Link:
+          seen: list[Observations]) -> Link:
     """Run *techniques* and the election until one verified connection is agreed.
 
     *deadline* is a ``time.monotonic()`` instant after which we give up with
-    :class:`NoConnection`, explained from *seen*.
+    :class:`NoConnection`, explained from *seen* (one per peer address).
     """
     election = Election(local)
     sel = selectors.DefaultSelector()
@@ -82,7 +82,7 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
                     close(ev.conn)
             elif isinstance(ev, Drop):
                 reporter.info(f"dropped connection {_name(ev.conn)}: {ev.reason}")
-                seen.not_punchcat += 1
+                _toward(seen, ev.conn).not_punchcat += 1
                 close(ev.conn)
 
     try:
@@ -94,15 +94,16 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
             check_interrupted()
             now = time.monotonic()
             if now >= deadline:
-                reporter.info(f"seen: {seen.summary()}")
-                raise NoConnection(explain(seen))
+                for each in seen:
+                    reporter.info(f"seen toward {each.peer}: {each.summary()}")
+                raise NoConnection(explain_all(seen))
             for sock in [s for s, t in conns.items() if t <= now]:
                 reporter.info(f"dropped connection {_name(sock)}: no hello within {HELLO_TIMEOUT:g} s")
-                seen.no_hello += 1
+                _toward(seen, sock).no_hello += 1
                 close(sock)
             if now >= next_status:
                 next_status = now + STATUS_INTERVAL
-                reporter.status(f"punchcat: waiting for {seen.peer} on "
+                reporter.status(f"punchcat: waiting for {' and '.join(s.peer for s in seen)} on "
                                 f"{' and '.join(t.status() for t in techniques)}: "
                                 f"{max(0.0, deadline - now):.0f} s left")
             wake = min([deadline, next_status, *(t.wakeup() for t in techniques),
@@ -133,7 +134,7 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
                 technique.tick(now)
             for sock in completed:
                 reporter.info(f"connection {_name(sock)} established")
-                seen.connections += 1
+                _toward(seen, sock).connections += 1
                 conns[sock] = now + HELLO_TIMEOUT
                 sel.register(sock, selectors.EVENT_READ)
                 carry_out(election.opened(sock))
@@ -156,6 +157,15 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
         threads = [job.start() for job in tidy]
         if link is not None:
             link.tidying = threads
+
+
+def _toward(seen: list[Observations], sock: socket.socket) -> Observations:
+    """The observations of the peer address *sock* is connected to."""
+    try:
+        host = sock.getpeername()[0]
+    except OSError:
+        return seen[0]
+    return next((s for s in seen if s.peer == host), seen[0])
 
 
 def _name(sock: socket.socket) -> str:

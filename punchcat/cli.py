@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -12,7 +12,8 @@ from . import __version__, options, session
 from .entry import run_app
 from .schedule import article_plan
 from .secure import generate_secret
-from .status import Reporter
+from .status import NORMAL, Reporter
+from .whoami import whoami_command
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,9 +33,10 @@ def _gen_secret(value: bool) -> None:
 
 @app.command()
 def punchcat(
-    peer: Optional[str] = typer.Argument(
-        None, metavar="PEER", show_default=False,
-        help="The other host's public IP address (or a hostname)."),
+    peers: Optional[List[str]] = typer.Argument(
+        None, metavar="PEER...", show_default=False,
+        help="The other host's public IP address (or a hostname); several (its IPv4 and IPv6 "
+             "addresses) are raced, the first to connect wins."),
     timeout: float = typer.Option(
         180.0, "-w", "--timeout", metavar="SECONDS",
         help="Give up if no connection is made within this many seconds."),
@@ -73,6 +75,13 @@ def punchcat(
         options.DEFAULT_KEEPALIVE, "--keepalive", metavar="SECONDS",
         help="Notice a vanished peer or a dead path within about this long, and keep NAT "
              "mappings alive."),
+    no_port_mapping: bool = typer.Option(
+        False, "--no-port-mapping",
+        help="Do not ask the home router (PCP, NAT-PMP, UPnP-IGD) to open the candidate ports."),
+    whoami: bool = typer.Option(
+        False, "--whoami",
+        help="Print this host's public addresses (IPv4 as the home router reports it, global "
+             "IPv6), one a line, and exit: what to give the peer."),
     no_port_guessing: bool = typer.Option(
         False, "--no-port-guessing",
         help="Never start the random-port fallback (a burst of SYNs at the peer's ports, "
@@ -96,11 +105,14 @@ def punchcat(
     Run it on both hosts at about the same time, each naming the other's
     public address.
     """
+    if whoami:
+        raise typer.Exit(whoami_command(Reporter(NORMAL)))
     opts = options.parse(
-        peer=peer, timeout=timeout, clock_error=clock_error, run_window=run_window,
+        peers=peers or [], timeout=timeout, clock_error=clock_error, run_window=run_window,
         ports=ports, listen=listen, connect=connect, keep_open=keep_open, secret=secret,
         secret_file=secret_file, stats=stats, keepalive=keepalive, ipv4=ipv4, ipv6=ipv6,
-        plan=plan, verbose=verbose, quiet=quiet, port_guessing=not no_port_guessing)
+        plan=plan, verbose=verbose, quiet=quiet, port_guessing=not no_port_guessing,
+        port_mapping=not no_port_mapping)
     if opts.plan:
         the_plan = article_plan(session.clock(), opts.clock_error, opts.run_window, opts.ports)
         print(json.dumps(the_plan.as_dict()))  # stdout-ok: the plan is the output

@@ -18,6 +18,8 @@ from .secure import read_secret_file
 from .status import NORMAL, QUIET, VERBOSE
 
 MAX_PORTS = 100
+#: PEER addresses raced at once (IPv4 and IPv6, a few of each).
+MAX_PEERS = 8
 MAX_CLOCK_ERROR = 3600.0
 DEFAULT_KEEPALIVE = 60.0
 
@@ -26,7 +28,7 @@ DEFAULT_KEEPALIVE = 60.0
 class Options:
     """One run of punchcat, as the command line asks for it."""
 
-    peer: Address | None             # None only with --plan
+    peers: tuple[Address, ...]       # raced; empty only with --plan
     mode: Mode
     listen: Endpoint | None          # -L
     connect: Endpoint | None         # -c
@@ -41,13 +43,14 @@ class Options:
     level: int                       # QUIET, NORMAL or VERBOSE (punchcat.status)
     plan: bool
     port_guessing: bool = True       # the random-port fallback (traverse.birthday)
+    port_mapping: bool = True        # ask the home router (traverse.mapped)
 
 
-def parse(*, peer: str | None, timeout: float, clock_error: float, run_window: float,
+def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: float,
           ports: int, listen: str | None, connect: str | None, keep_open: bool,
           secret: str | None, secret_file: str | None, stats: bool, keepalive: float,
           ipv4: bool, ipv6: bool, plan: bool, verbose: bool, quiet: bool,
-          port_guessing: bool = True) -> Options:
+          port_guessing: bool = True, port_mapping: bool = True) -> Options:
     """Check the command line; raise :class:`UsageError` with one line if it cannot work."""
     if verbose and quiet:
         raise UsageError("-v and -q cannot be used together")
@@ -63,8 +66,10 @@ def parse(*, peer: str | None, timeout: float, clock_error: float, run_window: f
         raise UsageError(f"--clock-error must be between 0 and {MAX_CLOCK_ERROR:g} seconds")
     if not run_window >= 0 or not math.isfinite(run_window):
         raise UsageError("--run-window must not be negative")
-    if peer is None and not plan:
+    if not peers and not plan:
         raise UsageError("missing PEER: the other host's public IP address")
+    if len(peers) > MAX_PEERS:
+        raise UsageError(f"at most {MAX_PEERS} PEER addresses")
     if listen is not None and connect is not None:
         raise UsageError("-L and -c cannot be used together")
     if keep_open and listen is None and connect is None:
@@ -80,15 +85,18 @@ def parse(*, peer: str | None, timeout: float, clock_error: float, run_window: f
         raise UsageError("the secret is empty")
 
     family = socket.AF_INET if ipv4 else socket.AF_INET6 if ipv6 else socket.AF_UNSPEC
-    address = resolve(peer, family=family) if peer is not None and not plan else None
-    if address is not None and is_own_address(address):
-        raise UsageError(f"PEER {address.host} is an address of this host: name the other "
-                         f"host's address (to try punchcat on one machine, run punchcat-lab)")
+    addresses = [] if plan else [resolve(peer, family=family) for peer in peers]
+    for address in addresses:
+        if is_own_address(address):
+            raise UsageError(f"PEER {address.host} is an address of this host: name the other "
+                             f"host's address (to try punchcat on one machine, run "
+                             f"punchcat-lab)")
+    addresses = list(dict.fromkeys(addresses))           # the same address named twice
     target = endpoint(connect, "-c", "-c host") if connect is not None else None
     local = endpoint(listen, "-L", "-L address") if listen is not None else None
     mode = Mode.LISTEN if local else Mode.CONNECT if target else Mode.PIPE
-    return Options(peer=address, mode=mode, listen=local, connect=target, keep_open=keep_open,
+    return Options(peers=tuple(addresses), mode=mode, listen=local, connect=target, keep_open=keep_open,
                    secret=secret, timeout=timeout, keepalive=keepalive,
                    clock_error=clock_error, run_window=run_window, ports=ports, stats=stats,
                    level=VERBOSE if verbose else QUIET if quiet else NORMAL, plan=plan,
-                   port_guessing=port_guessing)
+                   port_guessing=port_guessing, port_mapping=port_mapping)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
 import time
 
@@ -26,8 +27,10 @@ from .schedule import article_plan
 from .secure import secure
 from .status import VERBOSE, Reporter, describe, show_progress
 from .traverse import Technique, hops
+from .endpoints import Address
 from .traverse.birthday import BirthdayPunch
 from .traverse.candidates import ArticlePorts
+from .traverse.mapped import MappedPorts
 from .traverse.diagnosis import Observations
 from .traverse.direct import DirectPunch
 from .traverse.sentinel import SentinelPunch
@@ -58,14 +61,16 @@ def run(opts: Options, reporter: Reporter) -> None:
                       f"{plan.rendezvous - now:.0f} s), ports {' '.join(map(str, plan.ports))}")
         # Once per run: routers answer few ICMP errors in a row, and the path
         # toward the same peer does not change between -k sessions.
-        route = hops.discover(opts.peer.host)
-        reporter.info(f"path to {opts.peer.host}: {route.describe()} "
-                      f"[{route.elapsed * 1000:.0f} ms]")
+        routes = {}
+        for peer in opts.peers:
+            routes[peer] = route = hops.discover(peer.host)
+            reporter.info(f"path to {peer.host}: {route.describe()} "
+                          f"[{route.elapsed * 1000:.0f} ms]")
         while True:
             started = time.monotonic()
             try:
-                link = punch(opts, route, reporter, started + opts.timeout)
-                reporter.info(f"connected to {opts.peer.host} in "
+                link = punch(opts, routes, reporter, started + opts.timeout)
+                reporter.info(f"connected to {link.sock.getpeername()[0]} in "
                               f"{time.monotonic() - started:.2f} s")
                 sockopts.prepare_link(link.sock, opts.keepalive)
                 try:
@@ -85,10 +90,9 @@ def run(opts: Options, reporter: Reporter) -> None:
             listener.close()
 
 
-def techniques(opts: Options, route: hops.HopsResult, reporter: Reporter,
+def techniques(opts: Options, peer: Address, route: hops.HopsResult, reporter: Reporter,
                seen: Observations) -> list[Technique]:
-    """The punch techniques of one session, all run at once."""
-    peer = opts.peer
+    """The punch techniques toward one peer address, all run at once."""
     ports = ArticlePorts(clock, opts.clock_error, opts.run_window, opts.ports, reporter)
     if not route.sentinel:           # the peer is too near for a sentinel
         return [DirectPunch(peer.family, peer.host, ports, reporter, seen)]
@@ -98,11 +102,21 @@ def techniques(opts: Options, route: hops.HopsResult, reporter: Reporter,
     return found
 
 
-def punch(opts: Options, route: hops.HopsResult, reporter: Reporter, deadline: float) -> Link:
-    """Run the techniques until one verified connection is agreed."""
-    seen = Observations(opts.peer.host, opts.peer.family, opts.clock_error, clock, route)
+def punch(opts: Options, routes: dict[Address, hops.HopsResult], reporter: Reporter,
+          deadline: float) -> Link:
+    """Run the techniques toward every peer address until one verified
+    connection is agreed."""
+    seen = [Observations(p.host, p.family, opts.clock_error, clock, routes[p]) for p in opts.peers]
+    found: list[Technique] = []
+    for peer, each in zip(opts.peers, seen):
+        found += techniques(opts, peer, routes[peer], reporter, each)
+    far_v4 = [p.host for p in opts.peers if p.version == 4 and routes[p].sentinel]
+    if opts.port_mapping and far_v4:
+        ports = ArticlePorts(clock, opts.clock_error, opts.run_window, opts.ports, reporter,
+                             quiet=True)
+        found.append(MappedPorts(socket.AF_INET, far_v4, ports, reporter, seen[0]))
     hello = Hello.fresh(opts.mode, FLAG_SECRET if opts.secret else 0)
-    return agree(techniques(opts, route, reporter, seen), hello, deadline, reporter, seen)
+    return agree(found, hello, deadline, reporter, seen)
 
 
 def open_channel(link: Link, secret: str | None, reporter: Reporter):

@@ -19,11 +19,12 @@ LAYERS = [
      "portmap.client",
      "traverse", "traverse.timing", "traverse.hops", "traverse.diagnosis", "traverse.candidates",
      "traverse.tidy", "traverse.sentinel", "traverse.direct", "traverse.birthday",
+     "traverse.mapped",
      "secure"],
     # agreeing on a connection; moving data
     ["agree", "relay", "forward"],
     # one run, and the command lines
-    ["options", "session", "entry", "cli", "__main__", "__init__"],
+    ["options", "session", "whoami", "entry", "cli", "__main__", "__init__"],
     # the lab, on top of everything
     ["lab", "lab.netns", "lab.net", "lab.lan", "lab.pairs", "lab.upnp", "lab.cli"],
 ]
@@ -52,12 +53,10 @@ def imports(path: Path) -> set[str]:
                 target = node.module.split(".")[1:]
             else:
                 continue
-            names = [".".join(target)] if target else []
             for alias in node.names:             # "from . import x" may name a module
                 candidate = ".".join([*target, alias.name])
-                if candidate in RANK:
-                    names.append(candidate)
-            found.update(n for n in names if n)
+                found.add(candidate if candidate in RANK else ".".join(target))
+    found.discard("")
     return found
 
 

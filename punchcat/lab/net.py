@@ -31,6 +31,9 @@ after a failure.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from dataclasses import dataclass
 
 from .netns import LabUnavailable, Namespaces, missing_prerequisites, run
@@ -39,6 +42,12 @@ __all__ = ["ANSWERS", "NAT_MODES", "Lab", "LabUnavailable", "Side", "missing_pre
 
 NAT_MODES = ("preserve", "random", "none")
 ANSWERS = ("drop", "reject", "open")
+#: What a router's port-mapping service is: "" none; miniupnpd offering all
+#: three protocols, or one; or a scripted NAT-PMP responder that refuses every
+#: request ("errors") or answers garbage ("garbage").
+PORTMAP = ("", "all", "pcp", "natpmp", "upnp", "errors", "garbage")
+_MINIUPNPD = {"all": {}, "pcp": {"natpmp": False, "upnp": False},
+              "natpmp": {"pcp": False, "upnp": False}, "upnp": {"natpmp": False, "pcp": False}}
 
 
 @dataclass(frozen=True)
@@ -51,17 +60,26 @@ class Side:
     #: on a Docker bridge (172.17.0.0/24, port-preserving masquerade, nothing
     #: unsolicited forwarded).
     inner: bool = False
+    #: A port-mapping service on the router (PORTMAP).  miniupnpd refuses a
+    #: WAN address in a reserved range, so its router gets a non-reserved one
+    #: (harmless: nothing leaves the lab's namespaces).
+    portmap: str = ""
 
     def __post_init__(self):
         if self.nat not in NAT_MODES:
             raise ValueError(f"nat must be one of {', '.join(NAT_MODES)}")
         if self.answer not in ANSWERS:
             raise ValueError(f"answer must be one of {', '.join(ANSWERS)}")
+        if self.portmap not in PORTMAP:
+            raise ValueError(f"portmap must be one of {', '.join(p or repr(p) for p in PORTMAP)}")
 
 
 # Per side: router WAN address, its core gateway, the public LAN used with nat=none
 _WAN = {"a": ("198.51.100.10", "198.51.100.1", "198.18.1"),
         "b": ("203.0.113.20", "203.0.113.1", "198.18.2")}
+#: ... for a router that runs miniupnpd (it refuses reserved WAN addresses).
+_WAN_MAPPED = {"a": ("5.5.5.10", "5.5.5.1", "198.18.1"),
+               "b": ("6.6.6.20", "6.6.6.1", "198.18.2")}
 _CORE_LINK = ("192.0.2.1", "192.0.2.2")
 _PRIVATE_LAN = "192.168.1"
 _INNER_LAN = "172.17.0"
@@ -84,9 +102,36 @@ table ip innernat {
 """
 
 
+#: The table and chains miniupnpd fills (its packaged init script is broken).
+_MINIUPNPD_TABLE = """
+table inet filter {
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        jump miniupnpd
+    }
+    chain miniupnpd {
+    }
+    chain prerouting {
+        type nat hook prerouting priority -100; policy accept;
+        jump prerouting_miniupnpd
+    }
+    chain postrouting {
+        type nat hook postrouting priority 100; policy accept;
+        jump postrouting_miniupnpd
+    }
+    chain prerouting_miniupnpd {
+    }
+    chain postrouting_miniupnpd {
+    }
+}
+"""
+
+
 def _ruleset(side: Side) -> str:
     """The router's nftables ruleset."""
-    # What happens to new inbound connections from the internet side.
+    # What happens to new inbound connections from the internet side (a port
+    # that miniupnpd maps comes in translated, and is let through).
+    forwarded = ["ct status dnat accept"] if side.portmap in _MINIUPNPD else []
     unsolicited = {"drop": ['iifname "wan" drop'],
                    "reject": ['iifname "wan" meta l4proto tcp reject with tcp reset',
                               'iifname "wan" reject'],
@@ -103,7 +148,7 @@ table inet lab {{
     chain forward {{
         type filter hook forward priority filter; policy accept;
         ct state established,related accept
-        {unsolicited}
+        {"".join(rule + chr(10) + "        " for rule in forwarded)}{unsolicited}
     }}
 }}
 """
@@ -137,6 +182,9 @@ class Lab(Namespaces):
             raise ValueError("an inner NAT is IPv4 only")
         self.roles = ("a", "ra", "c1", "c2", "rb", "b") + tuple(
             f"i{s}" for s in "ab" if self.sides[s].inner)
+        self.wan = {s: (_WAN_MAPPED if self.sides[s].portmap in _MINIUPNPD else _WAN)[s]
+                    for s in "ab"}
+        self.daemons: list = []           # miniupnpd instances (punchcat.lab.upnp)
         super().__init__()
 
     # -- addresses ---------------------------------------------------------
@@ -145,8 +193,8 @@ class Lab(Namespaces):
         if v6:
             return f"{_V6[side][0]}2"
         if self.sides[side].nat == "none":
-            return f"{_WAN[side][2]}.2"
-        return _WAN[side][0]
+            return f"{self.wan[side][2]}.2"
+        return self.wan[side][0]
 
     def peer_of(self, side: str, v6: bool = False) -> str:
         return self.public_address("b" if side == "a" else "a", v6)
@@ -164,12 +212,12 @@ class Lab(Namespaces):
         for link in links:
             self.link(*link)
         c1, c2 = _CORE_LINK
-        config = {"c1": [f"addr add {c1}/30 dev east", f"addr add {_WAN['a'][1]}/24 dev west",
+        config = {"c1": [f"addr add {c1}/30 dev east", f"addr add {self.wan['a'][1]}/24 dev west",
                          f"route add default via {c2}"],
-                  "c2": [f"addr add {c2}/30 dev west", f"addr add {_WAN['b'][1]}/24 dev east",
+                  "c2": [f"addr add {c2}/30 dev west", f"addr add {self.wan['b'][1]}/24 dev east",
                          f"route add default via {c1}"]}
         for side, router, core in (("a", "ra", "c1"), ("b", "rb", "c2")):
-            wan, gateway, public = _WAN[side]
+            wan, gateway, public = self.wan[side]
             if self.sides[side].nat == "none":
                 lan, host = f"{public}.1/24", f"{public}.2/24"
                 config[core].append(f"route add {public}.0/24 via {wan}")
@@ -196,13 +244,43 @@ class Lab(Namespaces):
             self.nft(router, _ruleset(self.sides[side]))
             if self.sides[side].inner:
                 self.nft(f"i{side}", _INNER_RULESET)
+            if self.sides[side].portmap:
+                self._start_portmap(side, router)
+
+    def _start_portmap(self, side: str, router: str) -> None:
+        from . import upnp                 # miniupnpd and the scripted responders
+        kind = self.sides[side].portmap
+        if kind in _MINIUPNPD:
+            self.nft(router, _MINIUPNPD_TABLE)
+            self.daemons.append(upnp.start_miniupnpd(self.ns[router], "wan", "lan",
+                                                     f"{_PRIVATE_LAN}.0/24", **_MINIUPNPD[kind]))
+            return
+        code = (f"from punchcat.lab.upnp import serve_scripted; "
+                f"serve_scripted({kind!r}, {_PRIVATE_LAN + '.1'!r})")
+        proc = self.popen(router, [sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+        if proc.stdout.readline().strip() != "ready":
+            raise LabUnavailable(f"the scripted {kind} responder did not start")
+
+    def mappings(self, side: str) -> list[str]:
+        """The port forwards miniupnpd has in *side*'s router now."""
+        router = "ra" if side == "a" else "rb"
+        listing = self.sh(router, "nft list chain inet filter prerouting_miniupnpd 2>/dev/null "
+                                  "|| true")
+        return re.findall(r"dport \d+ dnat ip to [\d.:]+", listing)
+
+    def close(self) -> None:
+        for daemon in self.daemons:
+            daemon.stop()
+        self.daemons.clear()
+        super().close()
 
     def host_address(self, side: str) -> str:
         """Host *side*'s own address in its LAN."""
         if self.sides[side].inner:
             return f"{_INNER_LAN}.2"
         if self.sides[side].nat == "none":
-            return f"{_WAN[side][2]}.2"
+            return f"{self.wan[side][2]}.2"
         return f"{_PRIVATE_LAN}.2"
 
     def forward_port(self, side: str, port: int) -> None:

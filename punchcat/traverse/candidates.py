@@ -21,12 +21,13 @@ class ArticlePorts:
     """The active buckets' ports, recomputed every :data:`ROLL_INTERVAL` seconds."""
 
     def __init__(self, clock: Callable[[], float], clock_error: float, run_window: float,
-                 count: int, reporter):
+                 count: int, reporter, quiet: bool = False):
         self.clock = clock
         self.clock_error = clock_error
         self.run_window = run_window
         self.count = count
         self.reporter = reporter
+        self.quiet = quiet                  # another technique reports the same ports
         self.buckets: list[int] = []
         self.ports: list[int] = []
         self.next_roll = 0.0
@@ -42,6 +43,7 @@ class ArticlePorts:
             return False
         self.buckets = buckets
         self.ports = list(wanted)
-        self.reporter.info(f"buckets {' '.join(map(str, buckets))}: "
-                           f"ports {' '.join(map(str, sorted(self.ports)))}")
+        if not self.quiet:
+            self.reporter.info(f"buckets {' '.join(map(str, buckets))}: "
+                               f"ports {' '.join(map(str, sorted(self.ports)))}")
         return True

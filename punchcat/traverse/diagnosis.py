@@ -46,6 +46,7 @@ class Observations:
     no_hello: int = 0         # ... on which no hello came
     random_ports: int = 0     # sentinels of the random-port fallback from random ports
     guesses: int = 0          # the fallback's guesses of the peer's ports
+    mapped: int = 0           # candidate ports the home router forwards to this host
     notes: list[str] = field(default_factory=list)   # techniques' own findings
 
     def summary(self) -> str:
@@ -116,6 +117,11 @@ def explain(seen: Observations) -> str:
         hints.append("if all that holds, a NAT that gives each connection a random port "
                      "(carrier-grade NAT, phone hotspots) would explain it")
     return f"no connection to {peer}: {'; '.join(facts)}. {' '.join(_sentence(h) for h in hints)}"
+
+
+def explain_all(seen: list[Observations]) -> str:
+    """The failure line for one or several peer addresses."""
+    return " ".join(explain(s) for s in seen)
 
 
 def _sentence(text: str) -> str:
