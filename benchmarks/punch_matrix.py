@@ -47,6 +47,9 @@ class Row:
     hairpin: bool = False
     first: str = "a"                  # which host starts first
     fails_with: str = "no connection to"   # with expect_failure: in the last line
+    ipv6: bool = False                # the lab has IPv6 too
+    v6: bool | str = False            # name the peer's IPv6 address, or "both" (v4 and v6)
+    args: tuple[str, ...] = ()        # extra options for both sides
 
 
 ROWS = [
@@ -90,6 +93,19 @@ ROWS = [
     Row("random", "both NATs randomise ports: both exit 1 (no direct path)",
         Side(nat="random"), Side(nat="random"), expect_failure=True, timeout=15.0,
         fails_with="no direct path exists"),
+    Row("upnp-all", "a's router maps ports (miniupnpd: PCP, NAT-PMP, UPnP), b's NAT randomises",
+        Side(portmap="all"), Side(nat="random")),
+    Row("upnp-natpmp", "a's router maps ports by NAT-PMP only, b's NAT randomises",
+        Side(portmap="natpmp"), Side(nat="random")),
+    Row("upnp-igd", "a's router maps ports by UPnP-IGD only, b's NAT randomises",
+        Side(portmap="upnp"), Side(nat="random")),
+    Row("upnp-both", "both routers map ports (miniupnpd)", Side(portmap="all"),
+        Side(portmap="all")),
+    Row("upnp-errors", "a's router answers every mapping request with an error; reject routers",
+        Side(portmap="errors", answer="reject"), Side(answer="reject")),
+    Row("v4v6-v6only", "PEER as IPv4 and IPv6, both IPv4 NATs randomise: IPv6 wins",
+        Side(nat="random"), Side(nat="random"), ipv6=True, v6="both"),
+    Row("v4v6-both", "PEER as IPv4 and IPv6, both can connect", ipv6=True, v6="both"),
     Row("lan", "same LAN, no router (a starts first)", lan="link"),
     Row("lan-b", "same LAN, no router (b starts first)", lan="link", first="b"),
     Row("lan-routed", "same LAN through a plain router (no NAT)", lan="routed"),
@@ -111,8 +127,9 @@ def one_run(lab: Lab, row: Row, index: int, rng: random.Random) -> tuple[bool, f
     env = {}
     if row.skew:
         env["b"] = {"PUNCHCAT_CLOCK_OFFSET": str(row.skew if index % 2 == 0 else -row.skew)}
-    runs = run_pair(lab, args, stdin=sent, env=env, delay_b=rng.uniform(*row.delay),
-                    timeout=(row.timeout or 180) + 60, first=row.first)
+    runs = run_pair(lab, [*args, *row.args], stdin=sent, env=env,
+                    delay_b=rng.uniform(*row.delay), timeout=(row.timeout or 180) + 60,
+                    first=row.first, v6=row.v6)
     a, b = runs["a"], runs["b"]
     if row.expect_failure:
         ok = all(r.returncode == 1 and row.fails_with in r.stderr.splitlines()[-1]
@@ -134,7 +151,8 @@ def run_row(row: Row, n: int, rng: random.Random, verbose: bool) -> dict:
             if lab is None or not row.chained:
                 if lab is not None:
                     lab.close()
-                lab = (LanLab(row.lan, row.hairpin) if row.lan else Lab(row.a, row.b)).__enter__()
+                lab = (LanLab(row.lan, row.hairpin) if row.lan
+                       else Lab(row.a, row.b, ipv6=row.ipv6)).__enter__()
                 if row.occupy:
                     wanted = sorted(active_ports(time.time(), 20, 10, 16))
                     holder = occupy_ports(lab, "a", wanted[::2])

@@ -44,8 +44,9 @@ NAT_MODES = ("preserve", "random", "none")
 ANSWERS = ("drop", "reject", "open")
 #: What a router's port-mapping service is: "" none; miniupnpd offering all
 #: three protocols, or one; or a scripted NAT-PMP responder that refuses every
-#: request ("errors") or answers garbage ("garbage").
-PORTMAP = ("", "all", "pcp", "natpmp", "upnp", "errors", "garbage")
+#: request ("errors"), answers garbage ("garbage"), or reports a WAN address
+#: in carrier-grade NAT's shared space, 100.64.0.0/10 ("shared").
+PORTMAP = ("", "all", "pcp", "natpmp", "upnp", "errors", "garbage", "shared")
 _MINIUPNPD = {"all": {}, "pcp": {"natpmp": False, "upnp": False},
               "natpmp": {"pcp": False, "upnp": False}, "upnp": {"natpmp": False, "pcp": False}}
 

@@ -84,14 +84,15 @@ def run_pair(lab: Lab, args: list[str] | dict[str, list[str]] = (), *,
              stdout: dict[str, str] | None = None,
              env: dict[str, dict[str, str]] | None = None,
              wrap: dict[str, list[str]] | None = None,
-             delay_b: float = 0.0, timeout: float = 120.0, v6: bool = False,
+             delay_b: float = 0.0, timeout: float = 120.0, v6: bool | str = False,
              first: str = "a") -> dict[str, Run]:
     """Run punchcat on both hosts, each naming the other, and wait for both.
 
     *args* are extra options, the same for both sides or per side.  *stdin*
     per side is bytes (fed through a pipe) or a path (a regular file);
     *stdout* per side is a path to write to (default: a pipe, captured).
-    *wrap* per side is a command prefix (e.g. faketime).  Host b starts
+    *wrap* per side is a command prefix (e.g. faketime).  *v6*: name the
+    peer's IPv6 address, or with ``"both"`` its IPv4 and IPv6 addresses.  Host b starts
     *delay_b* seconds after host a (or, with ``first="b"``, host a that long
     after host b).
     """
@@ -100,7 +101,9 @@ def run_pair(lab: Lab, args: list[str] | dict[str, list[str]] = (), *,
     threads = []
     for side in ("a", "b"):
         side_args = args[side] if isinstance(args, dict) else list(args)
-        argv = [*wrap.get(side, []), *PUNCHCAT, *side_args, lab.peer_of(side, v6)]
+        peers = ([lab.peer_of(side), lab.peer_of(side, True)] if v6 == "both"
+                 else [lab.peer_of(side, v6)])
+        argv = [*wrap.get(side, []), *PUNCHCAT, *side_args, *peers]
         runs[side] = Run(side, argv=argv)
         threads.append(threading.Thread(
             target=_run_one, daemon=True,
