@@ -154,6 +154,20 @@ def limit_unsent(sock: socket.socket, size: int) -> None:
             pass
 
 
+def connect_result(sock: socket.socket) -> int | None:
+    """What a non-blocking connect on *sock* came to, once the selector says
+    it is writable: 0 connected, an errno if it failed, None if a spurious
+    wakeup left it still connecting."""
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        return err
+    try:
+        sock.getpeername()
+    except OSError:
+        return None
+    return 0
+
+
 def timed_out(sock: socket.socket) -> bool:
     """Whether *sock*'s connection ended because the peer stopped answering
     (retransmissions or keepalive probes unanswered), from TCP_INFO (Linux);

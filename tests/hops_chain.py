@@ -9,23 +9,20 @@ the chain: each node's default route points toward the middle (side ``a``
 nodes to the right, side ``b`` nodes to the left), and a router learns the
 subnets on its other side unless a NAT hides them.
 
-Names start with ``pchop-<pid>-<n>-``; nothing is linked to the host's
-network; :meth:`Chain.close` deletes every namespace, also after a failure,
-and a new chain first deletes those of processes that are gone.
+A chain is a :class:`punchcat.lab.netns.Namespaces`: nothing is linked to
+the host's network, and every namespace is deleted on close, also after a
+failure.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import os
-import re
-import signal
 import subprocess
 from dataclasses import dataclass
 
-PREFIX = "pchop"
-_counter = itertools.count(1)
+from punchcat.lab.netns import Namespaces
+from punchcat.lab.netns import run as _run
 
 
 @dataclass(frozen=True)
@@ -44,17 +41,6 @@ class Link:
     right: str                      # the right node's address on the same subnet
 
 
-class ChainError(Exception):
-    pass
-
-
-def _run(argv: list[str], stdin: str | None = None) -> str:
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ChainError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
 def _addr(cidr: str) -> str:
     return cidr.split("/")[0]
 
@@ -63,7 +49,7 @@ def _net(cidr: str) -> str:
     return str(ipaddress.ip_interface(cidr).network)
 
 
-class Chain:
+class Chain(Namespaces):
     """Build with ``with Chain(nodes, links) as chain:``; see the module docstring."""
 
     def __init__(self, nodes: list[Node], links: list[Link], ratelimit: bool = False):
@@ -72,31 +58,13 @@ class Chain:
         self.nodes = nodes
         self.links = links
         self.ratelimit = ratelimit
-        tag = f"{PREFIX}-{os.getpid()}-{next(_counter)}"
-        self.ns = {node.role: f"{tag}-{node.role}" for node in nodes}
-        self._built: list[str] = []
-
-    def __enter__(self) -> "Chain":
-        try:
-            self.build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self.roles = tuple(node.role for node in nodes)
+        super().__init__()
 
     # -- building ----------------------------------------------------------
-    def build(self) -> None:
-        sweep_stale()
-        for name in self.ns.values():
-            _run(["ip", "netns", "add", name])
-            self._built.append(name)
+    def build_network(self) -> None:
         for i, link in enumerate(self.links):
-            left, right = self.nodes[i].role, self.nodes[i + 1].role
-            _run(["ip", "link", "add", "right", "netns", self.ns[left], "type", "veth",
-                  "peer", "name", "left", "netns", self.ns[right]])
+            self.link(self.nodes[i].role, "right", self.nodes[i + 1].role, "left")
         for i, node in enumerate(self.nodes):
             self._configure(i, node)
 
@@ -156,7 +124,7 @@ class Chain:
         _run(["ip", "-n", name, "-batch", "-"], stdin="\n".join(batch) + "\n")
         rules = self._ruleset(node)
         if rules:
-            _run(["ip", "netns", "exec", name, "nft", "-f", "-"], stdin=rules)
+            self.nft(node.role, rules)
 
     @staticmethod
     def _ruleset(node: Node) -> str:
@@ -197,18 +165,10 @@ table ip pchopnat {{
         return rules
 
     # -- using -------------------------------------------------------------
-    def command(self, role: str, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.ns[role], *argv]
-
     def run(self, role: str, argv: list[str], timeout: float = 60, **kwargs):
         return subprocess.run(self.command(role, argv), capture_output=True, text=True,
                               timeout=timeout, **kwargs)
 
-    def popen(self, role: str, argv: list[str], **kwargs) -> subprocess.Popen:
-        return subprocess.Popen(self.command(role, argv), **kwargs)
-
-    def sh(self, role: str, script: str) -> str:
-        return _run(self.command(role, ["sh", "-c", script]))
 
     def receive_elsewhere(self, role: str, iface: str) -> bool:
         """Have *role* process what arrives on *iface* on another CPU (RPS),
@@ -221,32 +181,6 @@ table ip pchopnat {{
         mask = format(((1 << min(cpus, 32)) - 1) & ~1, "x")      # every CPU but 0
         self.sh(role, f"echo {mask} > /sys/class/net/{iface}/queues/rx-0/rps_cpus")
         return True
-
-    def nft(self, role: str, rules: str) -> None:
-        _run(self.command(role, ["nft", "-f", "-"]), stdin=rules)
-
-    def close(self) -> None:
-        while self._built:
-            _delete_namespace(self._built.pop())
-
-
-def _delete_namespace(name: str) -> None:
-    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
-    for pid in pids.split():
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
-def sweep_stale() -> None:
-    """Delete chain namespaces left behind by processes that no longer exist."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for line in listing.splitlines():
-        match = re.match(rf"({PREFIX}-(\d+)-\d+-[\w-]+)", line)
-        if match and not os.path.exists(f"/proc/{match.group(2)}"):
-            _delete_namespace(match.group(1))
 
 
 # -- the topologies of the tests ------------------------------------------------

@@ -170,12 +170,10 @@ class BirthdayPunch:
                 return None
         elif sock not in self.guesses:
             return None
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        err = sockopts.connect_result(sock)
+        if err is None:
+            return None                  # still connecting
         if err == 0:
-            try:
-                sock.getpeername()
-            except OSError:
-                return None              # still connecting
             self.sel.unregister(sock)
             if kind == "sentinel":
                 self.sentinels[port] = (None, now)      # re-armed at the usual pace

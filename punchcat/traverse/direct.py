@@ -94,12 +94,10 @@ class DirectPunch:
             return self._accept(sock)
         if self.connecting.get(port, (None,))[0] is not sock:
             return None
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        err = sockopts.connect_result(sock)
+        if err is None:
+            return None                  # still connecting
         if err == 0:
-            try:
-                sock.getpeername()
-            except OSError:
-                return None              # still connecting
             self.sel.unregister(sock)
             del self.connecting[port]
             return sock

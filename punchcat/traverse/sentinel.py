@@ -86,12 +86,10 @@ class SentinelPunch:
     def ready(self, port: int, sock: socket.socket, now: float) -> socket.socket | None:
         if self.socks.get(port) is not sock:
             return None
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        err = sockopts.connect_result(sock)
+        if err is None:
+            return None                  # spurious wakeup, still connecting
         if err == 0:
-            try:
-                sock.getpeername()
-            except OSError:
-                return None              # spurious wakeup, still connecting
             self._drop(port, close=False)
             self.schedule.connected(port, now)
             sockopts.settle(sock)

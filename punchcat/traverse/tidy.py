@@ -90,7 +90,7 @@ class Tidy:
                 for key, _ in sel.select(left):
                     sock = key.fileobj
                     sel.unregister(sock)
-                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    if sockopts.connect_result(sock) == 0:
                         completed += 1
                         _finish(sock)
                     else:
