@@ -35,6 +35,8 @@ TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25 if os.uname().sysnam
 #: A punch socket's TCP_USER_TIMEOUT (ms): the kernel gives up at its first
 #: SYN retransmission instead of re-sending it (our own recycling comes first).
 PUNCH_USER_TIMEOUT_MS = 100
+#: Linux's bound on TCP_KEEPIDLE and TCP_KEEPINTVL (seconds).
+MAX_KEEP_SECONDS = 32767
 
 
 def bound_socket(family: int, port: int) -> socket.socket:
@@ -104,15 +106,15 @@ def prepare_link(sock: socket.socket, keepalive: float) -> None:
     """
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    options = (("TCP_KEEPIDLE", max(1, round(keepalive / 2))),
-               ("TCP_KEEPINTVL", max(1, round(keepalive / 6))),
+    options = (("TCP_KEEPIDLE", min(MAX_KEEP_SECONDS, max(1, round(keepalive / 2)))),
+               ("TCP_KEEPINTVL", min(MAX_KEEP_SECONDS, max(1, round(keepalive / 6)))),
                ("TCP_KEEPCNT", 3),
-               ("TCP_USER_TIMEOUT", max(1, int(keepalive * 1000))))
+               ("TCP_USER_TIMEOUT", min(2 ** 31 - 1, max(1, int(keepalive * 1000)))))
     for name, value in options:
         if hasattr(socket, name):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-            except OSError:
+            except (OSError, OverflowError):
                 pass              # an OS that lacks one still gets the others
 
 
@@ -133,3 +135,20 @@ def reset_close(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+def port_owners(port: int) -> set[int]:
+    """The user ids of the TCP sockets bound to local *port* on this host
+    (from /proc/net/tcp and tcp6; empty where they do not exist)."""
+    owners = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)                      # the header
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 7 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        owners.add(int(fields[7]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return owners
