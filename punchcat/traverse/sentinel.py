@@ -32,6 +32,7 @@ peer that starts minutes later still finds us.
 from __future__ import annotations
 
 import errno
+import os
 import random
 import selectors
 import socket
@@ -71,6 +72,7 @@ class SentinelPunch:
         self.sel: selectors.BaseSelector | None = None
         self.next_roll = 0.0
         self.min_ttl_works = True
+        self.foreign_users: set[int] = set()   # other users seen on our ports (warned)
 
     # -- the Technique interface --------------------------------------------
     def start(self, sel: selectors.BaseSelector, now: float) -> None:
@@ -146,6 +148,7 @@ class SentinelPunch:
             self.schedule.forget(port)
             self.seen.ports = len(self.schedule.ports)
             self.reporter.info(f"port {port} is in use here, skipped")
+            warn_foreign_port(self.reporter, port, self.foreign_users)
             return
         if not action.full:
             sockopts.set_ttl(sock, LOW_TTL)
@@ -169,3 +172,16 @@ class SentinelPunch:
         self.sel.unregister(sock)
         if close:
             sock.close()                 # in SYN_SENT this sends nothing
+
+
+def warn_foreign_port(reporter, port: int, warned: set[int]) -> None:
+    """Say, without -v, that another user holds a candidate port: someone on
+    this host may be waiting to take the peer's connection (issue 15).
+    Once per user; the ports after the first are said with -v."""
+    others = sockopts.port_owners(port) - {os.geteuid()}
+    if others - warned:
+        reporter.warning(
+            f"candidate port {port} is held by another user here (uid "
+            f"{', '.join(map(str, sorted(others)))}): another program, or someone trying to "
+            f"take this connection; without a secret the peer cannot tell them from you")
+        warned |= others
