@@ -35,6 +35,7 @@ def test_secret_from_a_file_on_one_side(make_lab, tmp_path):
     lab = make_lab()
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET["PUNCHCAT_SECRET"] + "\n")
+    secret_file.chmod(0o600)                 # one that others can read is refused
     runs = run_pair(lab, {"a": ["-w", "30", "--secret-file", str(secret_file)],
                           "b": ["-w", "30"]},
                     stdin={"a": b"ping", "b": b"pong"}, env={"b": SECRET})
