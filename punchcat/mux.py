@@ -41,8 +41,9 @@ bounded, and each bound is counted here for the I/O layer
   only until the caller's buffer is used again: the I/O layer writes them
   out or copies them, so nothing the peer sent pins a read buffer.  What a
   session may have buffered is its window (WINDOW_SIZE); more is a
-  protocol error.  Frames cut by the end of a read are assembled in one
-  buffer of at most one frame.
+  protocol error.  A DATA frame cut by the end of a read is delivered in
+  parts as it arrives (never assembled: no copy); only a cut header or
+  control frame is, in a buffer of at most one such frame (265 bytes).
 * Frames in flight for a session that has just ended are ignored, but
   not for free: when this side ends a session, what the peer could still
   send on it (its remaining window) is added to a *stray allowance*, and
@@ -152,7 +153,9 @@ class Mux:
         self._refused: collections.deque = collections.deque()  # sids to answer with RESET
         self._ready: collections.deque = collections.deque()   # sids with queued frames
         self._queued = 0                 # DATA payload bytes queued, all sessions
-        self._inbuf = bytearray()
+        self._inbuf = bytearray()        # a header or control frame cut by a read
+        self._data_sid = 0               # the DATA frame whose payload is arriving
+        self._data_left = 0              # and how much of it is still to come
         self._stray = 0                  # DATA bytes ended sessions may still receive
 
     # -- sending ---------------------------------------------------------------
@@ -279,38 +282,78 @@ class Mux:
         """Bytes read from the link; calls *deliver* with each event they
         complete, in order, before it looks at the next frame.
 
-        DATA payloads are views of *data* where a frame lies whole in it (no
-        copy); only a frame cut by the end of a read is assembled in a
-        buffer.  A payload is valid until *data* is used again: copy what
-        is kept.
+        DATA payloads are streamed: each :class:`Data` is a view of *data*
+        (no copy), and a frame cut by the end of a read is delivered in two
+        or more parts, so only frame headers and small control frames are
+        ever assembled here.  The window is charged for the whole frame when
+        its header arrives.  A payload is valid until *data* is used again:
+        copy what is kept.
         """
         view = memoryview(data).cast("B")
-        if self._inbuf:
-            # Complete the frame that the previous read cut, and only it.
-            buf = self._inbuf
-            if len(buf) < HEADER.size:
-                take = min(HEADER.size - len(buf), len(view))
-                buf += view[:take]
-                view = view[take:]
+        pos, end = 0, len(view)
+        while pos < end:
+            if self._data_left:                      # the rest of a DATA payload
+                take = min(self._data_left, end - pos)
+                self._data_left -= take
+                if take and self._data_sid in self.sessions:
+                    deliver(Data(self._data_sid, view[pos:pos + take]))
+                pos += take
+                continue
+            if self._inbuf or end - pos < HEADER.size:
+                # A header (or small control frame) cut by a read: assemble it.
+                buf = self._inbuf
                 if len(buf) < HEADER.size:
+                    take = min(HEADER.size - len(buf), end - pos)
+                    buf += view[pos:pos + take]
+                    pos += take
+                    if len(buf) < HEADER.size:
+                        return
+                kind, sid, length = self._check(*HEADER.unpack_from(buf))
+                if kind == DATA:
+                    self._inbuf = bytearray()
+                    self._data_header(sid, length)
+                    continue
+                take = min(HEADER.size + length - len(buf), end - pos)
+                buf += view[pos:pos + take]
+                pos += take
+                if len(buf) < HEADER.size + length:
                     return
-            need = HEADER.size + self._check(*HEADER.unpack_from(buf))[2] - len(buf)
-            buf += view[:need]
-            view = view[need:]
-            if len(buf) - HEADER.size < HEADER.unpack_from(buf)[2]:
-                return
-            kind, sid, length = HEADER.unpack_from(buf)
-            self._inbuf = bytearray()
-            self._frame(kind, sid, bytes(buf[HEADER.size:]), deliver)
-        pos = 0
-        while len(view) - pos >= HEADER.size:
+                self._inbuf = bytearray()
+                self._frame(kind, sid, bytes(buf[HEADER.size:]), deliver)
+                continue
             kind, sid, length = self._check(*HEADER.unpack_from(view, pos))
-            if len(view) - pos < HEADER.size + length:
-                break
+            if kind == DATA:
+                pos += HEADER.size
+                self._data_header(sid, length)
+                continue
+            if end - pos < HEADER.size + length:
+                self._inbuf = bytearray(view[pos:])   # a control frame cut: at most 265 bytes
+                return
             self._frame(kind, sid, view[pos + HEADER.size: pos + HEADER.size + length], deliver)
             pos += HEADER.size + length
-        if pos < len(view):
-            self._inbuf = bytearray(view[pos:])
+
+    def _data_header(self, sid: int, length: int) -> None:
+        """A DATA header: check it and charge the window for the whole
+        payload, which follows (and is delivered) as it arrives."""
+        if sid == 0:
+            raise RemoteProtocolError("mux: DATA frame for session 0")
+        if sid > self.highest:
+            raise RemoteProtocolError(f"mux: DATA frame for session {sid}, never opened")
+        s = self.sessions.get(sid)
+        if s is None:
+            # In flight when the session ended: ignored, but only within what
+            # the peer could still send (the stray allowance).
+            if length > self._stray:
+                raise RemoteProtocolError(f"mux: data for ended session {sid} beyond its "
+                                          f"window")
+            self._stray -= length
+        else:
+            if s.eof_received:
+                raise RemoteProtocolError(f"mux: data after EOF on session {sid}")
+            if length > s.allowed:
+                raise RemoteProtocolError(f"mux: session {sid} overran its window")
+            s.allowed -= length
+        self._data_sid, self._data_left = sid, length
 
     @staticmethod
     def _check(kind: int, sid: int, length: int) -> tuple[int, int, int]:
@@ -342,23 +385,8 @@ class Mux:
             raise RemoteProtocolError(f"mux: {name} frame for session {sid}, never opened")
         s = self.sessions.get(sid)
         if s is None:
-            # In flight when the session ended: ignored, but DATA only within
-            # what the peer could still send (the stray allowance).
-            if kind == DATA:
-                if len(payload) > self._stray:
-                    raise RemoteProtocolError(f"mux: data for ended session {sid} beyond "
-                                              f"its window")
-                self._stray -= len(payload)
-            return
-        if kind == DATA:
-            if s.eof_received:
-                raise RemoteProtocolError(f"mux: data after EOF on session {sid}")
-            if len(payload) > s.allowed:
-                raise RemoteProtocolError(f"mux: session {sid} overran its window")
-            s.allowed -= len(payload)
-            if payload:
-                deliver(Data(sid, payload))
-        elif kind == EOF:
+            return                     # in flight when the session ended: ignored
+        if kind == EOF:
             if s.eof_received:
                 raise RemoteProtocolError(f"mux: bad EOF on session {sid}")
             s.eof_received = True

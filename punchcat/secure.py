@@ -293,7 +293,7 @@ class SecureChannel(Channel):
         return b"" if self._eof else None
 
     def queue(self, buffers) -> None:
-        sealed = self._seal(b"".join(bytes(b) for b in buffers))
+        sealed = self._seal(b"".join(buffers))       # join takes the views as they are
         self._out.append(memoryview(sealed))
         self._out_bytes += len(sealed)
 

@@ -230,3 +230,42 @@ def test_events_are_delivered_one_at_a_time_before_the_next_frame_is_read():
     with pytest.raises(KeyboardInterrupt):
         server.receive_into(frame(OPEN, 1) + frame(DATA, 1, b"x") + frame(OPEN, 2), deliver)
     assert seen == [Opened(1), Data(1, b"x")]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(1, 3), st.binary(max_size=3000)), max_size=12),
+       st.lists(st.integers(1, 5000), max_size=20))
+def test_payloads_are_the_same_however_the_reads_cut_the_frames(sends, cuts):
+    """DATA is streamed in parts when a read cuts a frame; what each session
+    receives, and the other events, do not depend on where the cuts fall."""
+    client = Mux(opener=True)
+    for _ in range(3):
+        client.open()
+    for sid, data in sends:
+        client.send(sid, data)
+    client.send_eof(2)
+    client.reset(3, "gone")
+    blob = wire(client)
+
+    def feed(pieces):
+        server = Mux(opener=False)
+        got, others = {}, []
+        for piece in pieces:
+            for event in server.receive(piece):
+                if isinstance(event, Data):
+                    got[event.sid] = got.get(event.sid, b"") + bytes(event.data)
+                else:
+                    others.append(event)
+        return got, others
+    pieces, pos = [], 0
+    for cut in cuts:
+        pieces.append(blob[pos:pos + cut])
+        pos += cut
+    pieces.append(blob[pos:])
+    whole = feed([blob])
+    assert feed(pieces) == whole
+    expected = {}
+    for sid, data in sends:
+        if data and sid != 3:
+            expected[sid] = expected.get(sid, b"") + data
+    assert {sid: data for sid, data in whole[0].items() if sid != 3} == expected
