@@ -51,7 +51,7 @@ bounded, and each bound is counted here for the I/O layer
   ended session is not a way around the windows.
 * At most *max_sessions* sessions are open at once on the ``-c`` side; an
   OPEN beyond that is answered with RESET "too many sessions", kept as a
-  session id only (the frame is made when it is sent).
+  session id only (4 bytes; the frame is made when it is sent).
 * Frames waiting to be sent are counted: :meth:`Mux.control_backlog` (the
   control frames, which the peer's frames cause: WINDOW grants, RESET
   answers) and :meth:`Mux.queued` (DATA this side's local ends gave).  The
@@ -69,6 +69,7 @@ bytes to write to it.  Any malformed input raises
 
 from __future__ import annotations
 
+import array
 import collections
 import struct
 from dataclasses import dataclass
@@ -148,9 +149,9 @@ class Mux:
         self.max_sessions = max_sessions
         self.sessions: dict[int, _Session] = {}
         self.highest = 0                 # highest session id ever opened
-        self._control: collections.deque = collections.deque()
-        self._control_bytes = 0
-        self._refused: collections.deque = collections.deque()  # sids to answer with RESET
+        self._control = bytearray()      # control frames to send, back to back
+        self._refused = array.array("I")  # sids to answer with RESET, from _refused_at on
+        self._refused_at = 0
         self._ready: collections.deque = collections.deque()   # sids with queued frames
         self._queued = 0                 # DATA payload bytes queued, all sessions
         self._inbuf = bytearray()        # a header or control frame cut by a read
@@ -226,11 +227,12 @@ class Mux:
             s.ungranted = 0
 
     def wants_to_write(self) -> bool:
-        return bool(self._control or self._refused or self._ready)
+        return bool(self._control or self._refused_at < len(self._refused) or self._ready)
 
     def control_backlog(self) -> int:
         """Bytes of control frames (grants, resets) waiting to be sent."""
-        return self._control_bytes + len(self._refused) * (HEADER.size + len(REFUSED))
+        refused = len(self._refused) - self._refused_at
+        return len(self._control) + refused * (HEADER.size + len(REFUSED))
 
     def queued(self, sid: int | None = None) -> int:
         """DATA payload bytes waiting to be sent, for *sid* or all sessions."""
@@ -243,15 +245,23 @@ class Mux:
         """Buffers to write to the link, about *budget* bytes, in fair order."""
         out: list = []
         size = 0
-        while self._control and size < budget:
-            frame = self._control.popleft()
-            self._control_bytes -= len(frame)
-            out.append(frame)
-            size += len(frame)
-        while self._refused and size < budget:
-            frame = HEADER.pack(RESET, self._refused.popleft(), len(REFUSED)) + REFUSED
-            out.append(frame)
-            size += len(frame)
+        if self._control:                     # all of them, in one buffer
+            out.append(bytes(self._control))
+            size += len(self._control)
+            self._control = bytearray()
+        if self._refused_at < len(self._refused):
+            answers = bytearray()
+            while self._refused_at < len(self._refused) and size + len(answers) < budget:
+                answers += HEADER.pack(RESET, self._refused[self._refused_at], len(REFUSED))
+                answers += REFUSED
+                self._refused_at += 1
+            out.append(bytes(answers))
+            size += len(answers)
+            if self._refused_at == len(self._refused):
+                self._refused, self._refused_at = array.array("I"), 0
+            elif self._refused_at > len(self._refused) // 2:
+                del self._refused[:self._refused_at]
+                self._refused_at = 0
         while self._ready and size < budget:
             sid = self._ready.popleft()
             s = self.sessions.get(sid)
@@ -422,8 +432,7 @@ class Mux:
         self._queued += size
 
     def _add_control(self, frame: bytes) -> None:
-        self._control.append(frame)
-        self._control_bytes += len(frame)
+        self._control += frame
 
     def _maybe_finish(self, s: _Session) -> None:
         """Both EOFs exchanged: forget the session once its frames are out."""
