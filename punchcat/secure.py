@@ -173,12 +173,15 @@ class SecureChannel(Channel):
         """Frame and encrypt *data* (an empty frame ends the stream)."""
         view = memoryview(data).cast("B")
         with self._lock:
-            if not view:
-                self._obj.write(FRAME.pack(0))
-            for start in range(0, len(view), MAX_FRAME):
-                part = view[start:start + MAX_FRAME]
-                self._obj.write(FRAME.pack(len(part)))
-                self._obj.write(part)
+            try:
+                if not view:
+                    self._obj.write(FRAME.pack(0))
+                for start in range(0, len(view), MAX_FRAME):
+                    part = view[start:start + MAX_FRAME]
+                    self._obj.write(FRAME.pack(len(part)))
+                    self._obj.write(part)
+            except ssl.SSLError as exc:      # the TLS session failed (e.g. a peer's alert)
+                raise LinkLost(f"the encrypted link failed ({exc.reason or exc})") from None
             return self._bio_out.read()
 
     def _decrypt_into(self, view) -> int | None:
