@@ -18,7 +18,11 @@ on what the peer sends (:mod:`punchcat.mux` holds the protocol's half):
   and each DATA payload is written to its local socket at once; what the
   socket does not take is copied into that session's own buffer.  So a
   payload never pins a read buffer, and a session holds at most its window
-  (``mux.WINDOW_SIZE``).  All sessions together hold at most about
+  (``mux.WINDOW_SIZE``).  On a plain link the rest of a large payload (the
+  mux says which session it is for and how long it is) goes from the link
+  to its local socket by splice through a pipe of ours, never through this
+  process; what the local socket does not take is read out of the pipe
+  into the session's buffer, so the pipe is empty after each step.  All sessions together hold at most about
   :data:`RECEIVE_BUDGET`: past it, the link is not read until local ends
   catch up (the peer's further bytes wait in TCP's buffers, which the
   kernel bounds).  That budget is four full windows: up to four local
@@ -57,9 +61,9 @@ import socket
 import time
 
 from . import sockopts
-from .channel import SPLICE_F_NONBLOCK, Spliced, Spool
+from .channel import READ_SIZE, SPLICE_F_NONBLOCK, KernelPipe, Spliced, Spool
 from .endpoints import Endpoint
-from .errors import PunchcatError, check_interrupted
+from .errors import LinkLost, PunchcatError, check_interrupted
 from .mux import MAX_PAYLOAD, MAX_SESSIONS, WINDOW_SIZE, Credit, Data, Eof, Mux, Opened, Reset
 from .relay import HAVE_SPLICE, Stats, relay
 
@@ -84,6 +88,12 @@ ACCEPT_BACKOFF = 0.5
 _ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 #: Most reads of the link per wake-up, so that local ends get their turn.
 LINK_READS = 8
+#: A pending payload at least this large goes to its local end by splice.
+SPLICE_MIN = 32 * 1024
+#: The pipe those payloads pass through (at most this much per splice).
+RX_PIPE = 1024 * 1024
+#: What is read after a spliced payload: the next header and a little more.
+HEADER_READ = 4096
 
 
 class _Local:
@@ -138,8 +148,11 @@ class Forwarder:
         self._accept_report = 0.0
         self._next_sweep = self.now + CHECK_INTERVAL
         # On a plain link, a session's bytes go from the local socket to the
-        # link through a pipe of ours, by splice, never through our memory.
+        # link through a pipe of ours, by splice, never through our memory;
+        # and large payloads from the link to the local socket through rx.
         self.zero_copy = getattr(channel, "plain", False) and HAVE_SPLICE
+        self.rx: KernelPipe | None = None
+        self._spliced = False                # the last payload went by splice
 
     # -- the loop -----------------------------------------------------------
     def run(self) -> None:
@@ -174,6 +187,8 @@ class Forwarder:
             if self.listener_events:
                 self.sel.unregister(self.listener)
             self.sel.close()
+            if self.rx is not None:
+                self.rx.close()
 
     def _timeout(self) -> float:
         wake = min(self._next_sweep, self.now + CHECK_INTERVAL)
@@ -244,14 +259,85 @@ class Forwarder:
         for _ in range(LINK_READS):
             if not self._may_read_link():
                 return True
-            data = self.channel.read()
+            if self.zero_copy:
+                moved = self._splice_payload()
+                if moved is not None:
+                    if moved < 0:
+                        self.reporter.info("the peer closed the link")
+                        return False
+                    if moved == 0:
+                        return True
+                    continue
+            # After a spliced payload, read little: the next frame's header
+            # and the start of its payload, so that the rest is spliced too.
+            data = self.channel.read(HEADER_READ if self._spliced else READ_SIZE)
             if data is None:
                 return True
             if not data:
                 self.reporter.info("the peer closed the link")
                 return False
+            self._spliced = False
             self.feed(data)
         return True
+
+    def _splice_payload(self) -> int | None:
+        """Move the rest of a large DATA payload from the link to its local
+        socket inside the kernel (through :attr:`rx`, a pipe of ours): the
+        bytes, 0 if the link has none now, -1 at its end; None when this
+        does not apply (no large payload pending, or its local end has a
+        backlog or is still connecting: the copying path serves those)."""
+        pending = self.mux.payload_pending()
+        if pending is None or pending[1] < SPLICE_MIN:
+            return None
+        sid, left = pending
+        local = self.locals.get(sid)
+        if local is None or local.out or local.connecting:
+            return None
+        if self.rx is None:
+            self.rx = KernelPipe(RX_PIPE)
+        try:
+            n = os.splice(self.channel.sock.fileno(), self.rx.w, min(left, RX_PIPE),
+                          flags=SPLICE_F_NONBLOCK)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise LinkLost.from_os(exc, "receiving") from None
+        if n == 0:
+            return -1
+        self.mux.payload_moved(n)
+        self._spliced = True
+        self._rx_to_local(local, n)
+        return n
+
+    def _rx_to_local(self, local: _Local, n: int) -> None:
+        """Splice *n* bytes from :attr:`rx` to *local*; what its socket does
+        not take now is read out into its buffer (the pipe is left empty)."""
+        left = n
+        while left:
+            try:
+                moved = os.splice(self.rx.r, local.sock.fileno(), left, flags=SPLICE_F_NONBLOCK)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._drain_rx(left)
+                self._close_local(local, abort=True,
+                                  reason=f"local connection failed: {exc.strerror}")
+                return
+            left -= moved
+            local.active = self.now
+            self.mux.consumed(local.sid, moved)
+        if left:
+            local.out += self._drain_rx(left)
+            self.held += left
+            self._dirty.add(local)
+
+    def _drain_rx(self, n: int) -> bytes:
+        parts = []
+        while n:
+            part = os.read(self.rx.r, n)
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
 
     def feed(self, data) -> None:
         """Bytes from the link (also what arrived with the commit)."""

@@ -234,6 +234,21 @@ class Mux:
         refused = len(self._refused) - self._refused_at
         return len(self._control) + refused * (HEADER.size + len(REFUSED))
 
+    def payload_pending(self) -> tuple[int, int] | None:
+        """(session id, bytes) of the DATA payload whose rest is still to come
+        from the link, when a read ended inside one; else None.  The I/O
+        layer may move those bytes itself (:meth:`payload_moved`)."""
+        if self._data_left and self._data_sid in self.sessions:
+            return self._data_sid, self._data_left
+        return None
+
+    def payload_moved(self, n: int) -> None:
+        """*n* bytes of the pending payload went from the link to its local
+        end without passing through :meth:`receive` (splice)."""
+        if not 0 < n <= self._data_left:
+            raise LocalProtocolError(f"{n} payload bytes moved, {self._data_left} pending")
+        self._data_left -= n
+
     def queued(self, sid: int | None = None) -> int:
         """DATA payload bytes waiting to be sent, for *sid* or all sessions."""
         if sid is None:
