@@ -13,7 +13,7 @@ import pytest
 from punchcat.channel import PlainChannel
 from punchcat.errors import Interrupted
 from punchcat.forward import RECEIVE_BUDGET, Forwarder
-from punchcat.mux import DATA, EOF, HEADER, OPEN, RESET, WINDOW_SIZE, Data, Mux, Reset
+from punchcat.mux import DATA, HEADER, OPEN, WINDOW_SIZE, Data, Mux, Reset
 from punchcat.status import NORMAL, Reporter, printable
 
 from conftest import wait_for

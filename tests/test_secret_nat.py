@@ -104,7 +104,9 @@ def test_a_byte_changed_in_transit_is_detected(make_lab, payload, tmp_path):
     lab = make_lab()
     lab.sh("c1", "echo 1 > /proc/sys/net/netfilter/nf_conntrack_acct")
     subprocess.run(lab.command("c1", ["nft", "-f", "-"]), input=CORRUPT, text=True, check=True)
-    data = payload(3_000_000)
+    # More than the socket buffers on the way hold, so that a is still
+    # sending when b gives up (with 3 MB, a could finish first and exit 0).
+    data = payload(30_000_000)
     runs = run_pair(lab, ["-w", "30"], stdin={"a": data, "b": b""}, env=with_secret())
     b = runs["b"]
     assert b.returncode == 1
