@@ -54,9 +54,12 @@ class LinkLost(PunchcatError):
         """The one wording for a failed socket call on the link (*doing*:
         "sending", "receiving", "closing"), on every path."""
         if exc.errno == errno.ETIMEDOUT:
-            return cls(f"connection lost while {doing}: the peer stopped answering "
+            lost = cls(f"connection lost while {doing}: the peer stopped answering "
                        f"(it or the path to it is gone)")
-        return cls(f"connection lost while {doing}: {exc.strerror or exc}")
+        else:
+            lost = cls(f"connection lost while {doing}: {exc.strerror or exc}")
+        lost.errno = exc.errno        # the OS's reason, for picking the cause (relay)
+        return lost
 
 
 class InputFailed(PunchcatError):

@@ -152,3 +152,18 @@ def port_owners(port: int) -> set[int]:
         except (OSError, ValueError, IndexError):
             continue
     return owners
+
+
+def gave_up(sock: socket.socket) -> bool:
+    """Whether the kernel was retransmitting or probing when *sock*'s
+    connection ended: it ended because the peer stopped answering, even if
+    the call that failed only says "Broken pipe" (TCP_INFO; False where
+    that does not exist)."""
+    if not hasattr(socket, "TCP_INFO"):
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    except OSError:
+        return False
+    _state, _ca_state, retransmits, probes, backoff = info[:5]
+    return bool(retransmits or probes or backoff)
