@@ -5,7 +5,11 @@ A channel offers two ways to move bytes:
 * blocking calls for the relay's two threads (:meth:`recv_into`,
   :meth:`sendall`, :meth:`shutdown_write`); and
 * non-blocking calls for the multiplexer's event loop (:meth:`read`,
-  :meth:`queue`, :meth:`flush`, :meth:`backlog`).
+  :meth:`queue`, :meth:`flush`, :meth:`backlog`).  :meth:`read` returns a
+  view of one buffer that the next call reuses: reading allocates nothing,
+  and nothing the peer sent can pin memory beyond that buffer unless the
+  caller copies it (:mod:`punchcat.forward` copies only what a local end
+  does not take at once).
 
 :class:`PlainChannel` is the TCP connection itself (its file descriptor
 also serves the zero-copy paths of :mod:`punchcat.relay`);
@@ -23,6 +27,8 @@ from .errors import LinkLost
 
 #: Most buffers handed to one sendmsg() call.
 IOV_MAX = 64
+#: Most bytes one non-blocking read() returns (its buffer is reused).
+READ_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
@@ -148,6 +154,8 @@ class Channel:
 class PlainChannel(Channel):
     """The punched TCP connection, unencrypted."""
 
+    _rbuf: bytearray | None = None    # read()'s buffer, made on first use
+
     # -- blocking (relay threads) -------------------------------------------
     def recv_into(self, buf) -> int:
         try:
@@ -168,14 +176,18 @@ class PlainChannel(Channel):
             raise LinkLost.from_os(exc, "closing") from None
 
     # -- non-blocking (mux event loop) ----------------------------------------
-    def read(self, size: int = 1 << 20) -> bytes | None:
-        """Bytes available now; b"" at end of stream; None if none yet."""
+    def read(self, size: int = READ_SIZE):
+        """Bytes available now, as a view of a buffer that the next call
+        reuses (copy what you keep); b"" at end of stream; None if none yet."""
+        if self._rbuf is None:
+            self._rbuf = bytearray(READ_SIZE)
         try:
-            return self.sock.recv(size)
+            n = self.sock.recv_into(self._rbuf, min(size, READ_SIZE))
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as exc:
             raise LinkLost.from_os(exc, "receiving") from None
+        return memoryview(self._rbuf)[:n] if n else b""
 
     def queue(self, buffers) -> None:
         """Buffers (bytes-like) and :class:`Spliced` payloads, in order."""

@@ -9,9 +9,11 @@ from typing import List, Optional
 import typer
 
 from . import __version__, options, session
-from .entry import run_app
+from .entry import CLOSED_STDIO, run_app, show_tracebacks
+from .errors import UsageError
+from .handshake import Mode
 from .schedule import article_plan
-from .secure import generate_secret
+from .secure import generate_code, generate_secret, write_secret_file
 from .status import NORMAL, Reporter
 from .whoami import whoami_command
 
@@ -22,12 +24,6 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_mar
 def _version(value: bool) -> None:
     if value:
         print(f"punchcat {__version__}")  # stdout-ok: asked for
-        raise typer.Exit(0)
-
-
-def _gen_secret(value: bool) -> None:
-    if value:
-        print(generate_secret())  # stdout-ok: asked for
         raise typer.Exit(0)
 
 
@@ -67,8 +63,9 @@ def punchcat(
     secret_file: Optional[str] = typer.Option(
         None, "--secret-file", metavar="PATH", help="Read the shared secret from PATH."),
     gen_secret: bool = typer.Option(
-        False, "--gen-secret", callback=_gen_secret, is_eager=True,
-        help="Print a fresh random secret and exit."),
+        False, "--gen-secret",
+        help="Print a fresh random secret and exit (with --secret-file: write it to a new "
+             "file only you can read)."),
     stats: bool = typer.Option(
         False, "--stats", help="At exit, report bytes each way, duration and rate on stderr."),
     keepalive: float = typer.Option(
@@ -92,27 +89,56 @@ def punchcat(
         False, "--plan",
         help="Print the article's bucket, rendezvous and ports (and the other active "
              "ports) as JSON and exit."),
-    verbose: bool = typer.Option(
-        False, "-v", "--verbose", help="Report bucket, ports, connections and winner on stderr."),
+    verbose: int = typer.Option(
+        0, "-v", "--verbose", count=True,
+        help="Report bucket, ports, connections and winner on stderr; twice (-vv): also "
+             "the traceback of an internal error."),
     quiet: bool = typer.Option(
         False, "-q", "--quiet", help="Print nothing on stderr but errors."),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True,
         help="Print the version and exit."),
+    # -- limits and secrets (issues 15 and 16) --
+    gen_code: bool = typer.Option(
+        False, "--gen-code",
+        help="Print a fresh short code to read out, like 48210-93755-62183, and exit "
+             "(with --secret-file: write it to a new file only you can read)."),
+    insecure_secret_file: bool = typer.Option(
+        False, "--insecure-secret-file",
+        help="Use a --secret-file that other users can read or change."),
+    max_sessions: int = typer.Option(
+        options.DEFAULT_MAX_SESSIONS, "--max-sessions", metavar="N",
+        help="With -L or -c: most sessions at once; -L accepts no more, -c refuses more."),
+    half_close_timeout: float = typer.Option(
+        options.DEFAULT_HALF_CLOSE_TIMEOUT, "--half-close-timeout", metavar="SECONDS",
+        help="With -L or -c: reset a session that one side has ended once it has moved "
+             "nothing for this long."),
 ) -> None:
     """Connect to PEER through both NATs and pipe stdin to it and it to stdout.
 
     Run it on both hosts at about the same time, each naming the other's
     public address.
     """
+    if verbose >= 2:
+        show_tracebacks()
+    if gen_secret or gen_code:
+        _generate(gen_code, gen_secret, secret_file)
+        return
     if whoami:
         raise typer.Exit(whoami_command(Reporter(NORMAL)))
     opts = options.parse(
         peers=peers or [], timeout=timeout, clock_error=clock_error, run_window=run_window,
         ports=ports, listen=listen, connect=connect, keep_open=keep_open, secret=secret,
         secret_file=secret_file, stats=stats, keepalive=keepalive, ipv4=ipv4, ipv6=ipv6,
-        plan=plan, verbose=verbose, quiet=quiet, port_guessing=not no_port_guessing,
-        port_mapping=not no_port_mapping)
+        plan=plan, verbose=verbose > 0, quiet=quiet, port_guessing=not no_port_guessing,
+        port_mapping=not no_port_mapping, insecure_secret_file=insecure_secret_file,
+        max_sessions=max_sessions, half_close_timeout=half_close_timeout)
+    if opts.mode == Mode.PIPE and not opts.plan:
+        if 0 in CLOSED_STDIO:
+            raise UsageError("standard input is closed (give </dev/null to send nothing)")
+        if 1 in CLOSED_STDIO:
+            raise UsageError("standard output is closed (give >/dev/null to discard what "
+                             "the peer sends)")
     if opts.plan:
         the_plan = article_plan(session.clock(), opts.clock_error, opts.run_window, opts.ports)
         print(json.dumps(the_plan.as_dict()))  # stdout-ok: the plan is the output
@@ -120,9 +146,20 @@ def punchcat(
     session.run(opts, Reporter(opts.level))
 
 
+def _generate(code: bool, secret: bool, path: str | None) -> None:
+    """--gen-code or --gen-secret: print it, or write it to a new file *path*."""
+    if code and secret:
+        raise UsageError("--gen-code and --gen-secret cannot be used together")
+    fresh = generate_code() if code else generate_secret()
+    if path is None:
+        print(fresh)  # stdout-ok: asked for
+    else:
+        write_secret_file(path, fresh)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line ``punchcat: …`` on errors, never a traceback."""
-    return run_app(app, "punchcat", argv)
+    return run_app(app, "punchcat", argv, capture_stdout=True)
 
 
 if __name__ == "__main__":

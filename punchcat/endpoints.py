@@ -48,7 +48,7 @@ def split_endpoint(spec: str, option: str) -> tuple[str, int]:
         host = host[1:-1]
     elif not host or ":" in host:
         raise UsageError(f"{option} {spec}: expected [HOST:]PORT (an IPv6 HOST in brackets)")
-    if not port.isdigit() or not 0 < int(port) <= 65535:
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) <= 65535:
         raise UsageError(f"{option} {spec}: the port must be a number from 1 to 65535")
     return host, int(port)
 
@@ -64,6 +64,9 @@ def resolve(host: str, what: str = "PEER", family: int = socket.AF_UNSPEC) -> Ad
             address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
             raise UsageError(f"{what} {host} is not a valid IP address") from None
+        scope = getattr(address, "scope_id", None)
+        if scope is not None and not _known_interface(scope):
+            raise UsageError(f"{what} {host}: this host has no network interface {scope!r}")
         wanted = {socket.AF_INET: 4, socket.AF_INET6: 6}.get(family)
         if wanted and address.version != wanted:
             raise UsageError(f"-{wanted} was given but {what} {host} is an "
@@ -71,7 +74,7 @@ def resolve(host: str, what: str = "PEER", family: int = socket.AF_UNSPEC) -> Ad
         return Address(socket.AF_INET if address.version == 4 else socket.AF_INET6, str(address))
     try:
         infos = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise UsageError(f"cannot resolve {what} {host}: {reason}") from None
     infos.sort(key=lambda info: info[0] != socket.AF_INET)   # IPv4 first
@@ -89,6 +92,17 @@ def is_own_address(address: Address) -> bool:
         return False
     finally:
         sock.close()
+
+
+def _known_interface(scope: str) -> bool:
+    """An IPv6 zone (``%eth0`` or ``%2``) names an interface of this host."""
+    if scope.isascii() and scope.isdigit():
+        return any(index == int(scope) for index, _name in socket.if_nameindex())
+    try:
+        socket.if_nametoindex(scope)
+        return True
+    except (OSError, ValueError, UnicodeError):
+        return False
 
 
 def endpoint(spec: str, option: str, what: str) -> Endpoint:

@@ -49,10 +49,6 @@ class AuthenticationFailed(PunchcatError):
 class LinkLost(PunchcatError):
     """The punched connection broke while data was moving."""
 
-    #: Only a consequence: the connection had already failed, and another
-    #: call on it got the cause (a broken pipe after a timeout or a reset).
-    consequence = False
-
     @classmethod
     def from_os(cls, exc: OSError, doing: str) -> "LinkLost":
         """The one wording for a failed socket call on the link (*doing*:
@@ -62,7 +58,7 @@ class LinkLost(PunchcatError):
                        f"(it or the path to it is gone)")
         else:
             lost = cls(f"connection lost while {doing}: {exc.strerror or exc}")
-            lost.consequence = exc.errno == errno.EPIPE
+        lost.errno = exc.errno        # the OS's reason, for picking the cause (relay)
         lost.doing = doing
         return lost
 

@@ -8,6 +8,48 @@ non-blocking.  Per local connection the loop reads only while the session
 has credit, and writes what the peer sent as the local end takes it; the
 credit it then returns to the peer is what keeps a stalled session from
 holding up the others.
+
+Theory of operation: what the peer can make this side hold
+-----------------------------------------------------------
+Every buffer, queue, count and wait here has a bound that does not depend
+on what the peer sends (:mod:`punchcat.mux` holds the protocol's half):
+
+* *Received data.*  The link is read into one reused buffer (the channel's)
+  and each DATA payload is written to its local socket at once; what the
+  socket does not take is copied into that session's own buffer.  So a
+  payload never pins a read buffer, and a session holds at most its window
+  (``mux.WINDOW_SIZE``).  On a plain link the rest of a large payload (the
+  mux says which session it is for and how long it is) goes from the link
+  to its local socket by splice through a pipe of ours, never through this
+  process; what the local socket does not take is read out of the pipe
+  into the session's buffer, so the pipe is empty after each step.  All sessions together hold at most about
+  :data:`RECEIVE_BUDGET`: past it, the link is not read until local ends
+  catch up (the peer's further bytes wait in TCP's buffers, which the
+  kernel bounds).  That budget is four full windows: up to four local
+  clients may stop reading without holding up the others; more pause the
+  link until they read again.
+* *Answers.*  The link is not read while the control frames waiting to be
+  sent (window grants, resets, refusals) exceed :data:`CONTROL_LIMIT`: a
+  peer that sends without reading cannot make this side queue answers
+  without end.
+* *Sent data.*  Local ends are read only while the DATA queued for the
+  link (all sessions) is under :data:`SEND_BUDGET`, and each session only
+  within its credit; on a plain link the bytes wait in a kernel pipe
+  (:class:`~punchcat.channel.Spool`), not in this process.
+* *Sessions.*  At most ``max_sessions`` at once (``--max-sessions``): the
+  ``-L`` side stops accepting at the limit (clients wait in the listen
+  backlog), the ``-c`` side refuses OPENs beyond it.  A session whose one
+  direction has ended and that moves no byte for ``half_close_timeout``
+  seconds is reset, and a target that does not answer a connect within
+  :data:`CONNECT_TIMEOUT` too, so a peer that never sends EOF cannot keep
+  sockets in CLOSE-WAIT; each local connection costs at most three file
+  descriptors (its socket and a spool pipe).
+* *CPU.*  The loop recomputes the interest set of only the connections
+  something happened to (the *dirty* ones), not of all of them per pass;
+  when ``accept()`` fails (EMFILE and the like: the listener stays
+  readable) the listener is not watched for :data:`ACCEPT_BACKOFF`, and the
+  failure is reported at most once a second; nothing is ever left readable
+  or writable in the selector without being served.
 """
 
 from __future__ import annotations
@@ -16,12 +58,13 @@ import errno
 import os
 import selectors
 import socket
+import time
 
 from . import sockopts
-from .channel import SPLICE_F_NONBLOCK, Spliced, Spool
+from .channel import READ_SIZE, SPLICE_F_NONBLOCK, KernelPipe, Spliced, Spool
 from .endpoints import Endpoint
-from .errors import PunchcatError, check_interrupted
-from .mux import MAX_PAYLOAD, Credit, Data, Eof, Mux, Opened, Reset
+from .errors import LinkLost, PunchcatError, check_interrupted
+from .mux import MAX_PAYLOAD, MAX_SESSIONS, WINDOW_SIZE, Credit, Data, Eof, Mux, Opened, Reset
 from .relay import HAVE_SPLICE, Stats, relay
 
 #: Keep the link's queue topped up to about this many bytes.
@@ -31,26 +74,45 @@ LINK_LOW_WATER = 2 * MAX_PAYLOAD
 NOTSENT_LOWAT = 256 * 1024
 #: The loop wakes at least this often, to notice a signal (errors.check_interrupted).
 CHECK_INTERVAL = 1.0
-#: How long -c waits for its target to accept a raw session.
+#: How long -c waits for its target to accept a session.
 CONNECT_TIMEOUT = 10.0
+#: Bytes from the peer held for local ends, all sessions: past it the link is not read.
+RECEIVE_BUDGET = 4 * WINDOW_SIZE
+#: Control frames waiting to be sent: past it the link is not read.
+CONTROL_LIMIT = 256 * 1024
+#: DATA queued for the link, all sessions: past it local ends are not read.
+SEND_BUDGET = 4 * MAX_PAYLOAD
+#: After accept() fails (EMFILE, ENFILE, ENOBUFS, ENOMEM), the listener rests this long.
+ACCEPT_BACKOFF = 0.5
+#: accept() failures that only concern one client: try the next at once.
+_ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
+#: Most reads of the link per wake-up, so that local ends get their turn.
+LINK_READS = 8
+#: A pending payload at least this large goes to its local end by splice.
+SPLICE_MIN = 32 * 1024
+#: The pipe those payloads pass through (at most this much per splice).
+RX_PIPE = 1024 * 1024
+#: What is read after a spliced payload: the next header and a little more.
+HEADER_READ = 4096
 
 
 class _Local:
     """One local TCP connection and its session."""
 
     __slots__ = ("sock", "sid", "out", "connecting", "read_done", "peer_eof", "write_done",
-                 "events", "tx")
+                 "events", "tx", "active")
 
-    def __init__(self, sock: socket.socket, sid: int, connecting: bool = False):
+    def __init__(self, sock: socket.socket, sid: int, now: float, connecting: bool = False):
         self.sock = sock
         self.sid = sid
-        self.out: list = []          # bytes from the peer, not yet written locally
+        self.out = bytearray()       # bytes from the peer, not yet written locally (a copy)
         self.connecting = connecting
         self.read_done = False       # local EOF seen (and sent on as EOF)
         self.peer_eof = False        # the peer sent EOF
         self.write_done = False      # we shut down our write side locally
         self.events = 0              # what the selector watches for
         self.tx: Spool | None = None  # bytes read from the local end, on their way (splice)
+        self.active = now            # when a byte last moved (or the session began)
 
 
 class Forwarder:
@@ -62,38 +124,57 @@ class Forwarder:
     """
 
     def __init__(self, channel, opener: bool, reporter, listener: socket.socket | None = None,
-                 target: Endpoint | None = None):
+                 target: Endpoint | None = None, max_sessions: int = MAX_SESSIONS,
+                 half_close_timeout: float = 60.0):
         self.channel = channel
-        self.mux = Mux(opener)
+        self.mux = Mux(opener, max_sessions)
         self.reporter = reporter
         self.listener = listener
         self.target = target
+        self.max_sessions = max_sessions
+        self.half_close_timeout = half_close_timeout
         self.sel = selectors.DefaultSelector()
         self.locals: dict[int, _Local] = {}
         self.link_events = 0
+        self.listener_events = 0
         self.sessions_served = 0
+        self.held = 0                       # bytes in the locals' out buffers
+        self.now = time.monotonic()
+        self._dirty: set[_Local] = set()    # interest sets to recompute
+        self._spool_full: set[_Local] = set()
+        self._send_open = True              # mux.queued() under SEND_BUDGET
+        self._accept_resume = 0.0
+        self._accept_errors = 0
+        self._accept_report = 0.0
+        self._next_sweep = self.now + CHECK_INTERVAL
         # On a plain link, a session's bytes go from the local socket to the
-        # link through a pipe of ours, by splice, never through our memory.
+        # link through a pipe of ours, by splice, never through our memory;
+        # and large payloads from the link to the local socket through rx.
         self.zero_copy = getattr(channel, "plain", False) and HAVE_SPLICE
+        self.rx: KernelPipe | None = None
+        self._spliced = False                # the last payload went by splice
 
     # -- the loop -----------------------------------------------------------
     def run(self) -> None:
         sock = self.channel.sock
         sock.setblocking(False)
         sockopts.limit_unsent(sock, NOTSENT_LOWAT)
-        self.sel.register(sock, selectors.EVENT_READ, "link")
-        self.link_events = selectors.EVENT_READ
         if self.listener is not None:
             self.listener.setblocking(False)
-            self.sel.register(self.listener, selectors.EVENT_READ, "listener")
         try:
             while True:
                 check_interrupted()
+                self.now = time.monotonic()
+                if self.now >= self._next_sweep:
+                    self._sweep()
                 self._fill_link()
-                for key, mask in self.sel.select(CHECK_INTERVAL):
+                self._watch_listener()
+                self._refresh()
+                for key, mask in self.sel.select(self._timeout()):
+                    self.now = time.monotonic()
                     if key.data == "link":
                         if mask & selectors.EVENT_WRITE:
-                            self.channel.flush()
+                            self._flush()
                         if mask & selectors.EVENT_READ and not self._link_readable():
                             return
                     elif key.data == "listener":
@@ -103,40 +184,164 @@ class Forwarder:
         finally:
             for local in list(self.locals.values()):
                 self._close_local(local, abort=True)
-            if self.listener is not None:
+            if self.listener_events:
                 self.sel.unregister(self.listener)
             self.sel.close()
+            if self.rx is not None:
+                self.rx.close()
+
+    def _timeout(self) -> float:
+        wake = min(self._next_sweep, self.now + CHECK_INTERVAL)
+        if self.listener is not None and self._accept_resume > self.now:
+            wake = min(wake, self._accept_resume)
+        return max(0.0, wake - time.monotonic())
 
     def _fill_link(self) -> None:
-        """Move frames from the mux to the link and set the interest sets."""
+        """Move frames from the mux to the link and set the link's interest."""
         while self.channel.backlog() < LINK_LOW_WATER and self.mux.wants_to_write():
             self.channel.queue(self.mux.pull())
         if self.channel.backlog():
-            self.channel.flush()
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.channel.backlog() else 0)
-        if want != self.link_events:
-            self.sel.modify(self.channel.sock, want, "link")
-            self.link_events = want
+            self._flush()
+        send_open = self.mux.queued() < SEND_BUDGET
+        if send_open != self._send_open:       # every reader's interest changes
+            self._send_open = send_open
+            self._dirty.update(self.locals.values())
+        want = ((selectors.EVENT_READ if self._may_read_link() else 0)
+                | (selectors.EVENT_WRITE if self.channel.backlog() else 0))
+        self._set_interest(self.channel.sock, self.link_events, want, "link")
+        self.link_events = want
+
+    def _flush(self) -> None:
+        self.channel.flush()
+        if self._spool_full:                   # spliced bytes left: the pipes have room
+            self._dirty |= self._spool_full
+            self._spool_full.clear()
+
+    def _may_read_link(self) -> bool:
+        return self.held < RECEIVE_BUDGET and self.mux.control_backlog() < CONTROL_LIMIT
+
+    def _refresh(self) -> None:
+        """Recompute the interest sets of the connections something happened to."""
+        dirty, self._dirty = self._dirty, set()
+        for local in dirty:
+            if local.sid in self.locals:
+                self._interest(local)
+
+    def _set_interest(self, sock, current: int, want: int, data) -> None:
+        if want == current:
+            return
+        if not want:
+            self.sel.unregister(sock)
+        elif current:
+            self.sel.modify(sock, want, data)
+        else:
+            self.sel.register(sock, want, data)
+
+    def _sweep(self) -> None:
+        """Once a second: end sessions that wait for what will not come."""
+        self._next_sweep = self.now + CHECK_INTERVAL
         for local in list(self.locals.values()):
-            self._interest(local)
+            idle = self.now - local.active
+            if local.connecting and idle > CONNECT_TIMEOUT:
+                self.reporter.info(f"session {local.sid}: cannot connect to {self.target}: "
+                                   f"no answer within {CONNECT_TIMEOUT:g} s")
+                self._close_local(local, abort=False,
+                                  reason=f"cannot connect to {self.target}: timed out")
+            elif (local.read_done or local.peer_eof) and idle > self.half_close_timeout:
+                self.reporter.info(f"session {local.sid}: half-closed and idle for "
+                                   f"{self.half_close_timeout:g} s, reset")
+                self._close_local(local, abort=True,
+                                  reason=f"half-closed and idle for {self.half_close_timeout:g} s")
 
     # -- the link -----------------------------------------------------------
     def _link_readable(self) -> bool:
         """Read the link; False when it has ended."""
-        for _ in range(8):
-            data = self.channel.read()
+        for _ in range(LINK_READS):
+            if not self._may_read_link():
+                return True
+            if self.zero_copy:
+                moved = self._splice_payload()
+                if moved is not None:
+                    if moved < 0:
+                        self.reporter.info("the peer closed the link")
+                        return False
+                    if moved == 0:
+                        return True
+                    continue
+            # After a spliced payload, read little: the next frame's header
+            # and the start of its payload, so that the rest is spliced too.
+            data = self.channel.read(HEADER_READ if self._spliced else READ_SIZE)
             if data is None:
                 return True
             if not data:
                 self.reporter.info("the peer closed the link")
                 return False
+            self._spliced = False
             self.feed(data)
         return True
 
+    def _splice_payload(self) -> int | None:
+        """Move the rest of a large DATA payload from the link to its local
+        socket inside the kernel (through :attr:`rx`, a pipe of ours): the
+        bytes, 0 if the link has none now, -1 at its end; None when this
+        does not apply (no large payload pending, or its local end has a
+        backlog or is still connecting: the copying path serves those)."""
+        pending = self.mux.payload_pending()
+        if pending is None or pending[1] < SPLICE_MIN:
+            return None
+        sid, left = pending
+        local = self.locals.get(sid)
+        if local is None or local.out or local.connecting:
+            return None
+        if self.rx is None:
+            self.rx = KernelPipe(RX_PIPE)
+        try:
+            n = os.splice(self.channel.sock.fileno(), self.rx.w, min(left, RX_PIPE),
+                          flags=SPLICE_F_NONBLOCK)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise LinkLost.from_os(exc, "receiving") from None
+        if n == 0:
+            return -1
+        self.mux.payload_moved(n)
+        self._spliced = True
+        self._rx_to_local(local, n)
+        return n
+
+    def _rx_to_local(self, local: _Local, n: int) -> None:
+        """Splice *n* bytes from :attr:`rx` to *local*; what its socket does
+        not take now is read out into its buffer (the pipe is left empty)."""
+        left = n
+        while left:
+            try:
+                moved = os.splice(self.rx.r, local.sock.fileno(), left, flags=SPLICE_F_NONBLOCK)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._drain_rx(left)
+                self._close_local(local, abort=True,
+                                  reason=f"local connection failed: {exc.strerror}")
+                return
+            left -= moved
+            local.active = self.now
+            self.mux.consumed(local.sid, moved)
+        if left:
+            local.out += self._drain_rx(left)
+            self.held += left
+            self._dirty.add(local)
+
+    def _drain_rx(self, n: int) -> bytes:
+        parts = []
+        while n:
+            part = os.read(self.rx.r, n)
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
+
     def feed(self, data) -> None:
         """Bytes from the link (also what arrived with the commit)."""
-        for event in self.mux.receive(data):
-            self._mux_event(event)
+        self.mux.receive_into(data, self._mux_event)
 
     def _mux_event(self, event) -> None:
         if isinstance(event, Opened):
@@ -146,55 +351,105 @@ class Forwarder:
         if local is None:
             return
         if isinstance(event, Data):
-            local.out.append(event.data)
-            self._write_local(local)
+            self._deliver(local, event.data)
         elif isinstance(event, Eof):
             local.peer_eof = True
+            local.active = self.now
             self._write_local(local)
         elif isinstance(event, Reset):
             self.reporter.info(f"session {event.sid} reset by the peer"
                                + (f": {event.reason}" if event.reason else ""))
             self._close_local(local, abort=True, tell_peer=False)
         elif isinstance(event, Credit):
-            pass                                  # interest is recomputed
+            self._dirty.add(local)
+
+    def _deliver(self, local: _Local, view) -> None:
+        """A payload for *local*: written now if the socket takes it, the
+        rest copied (the view is only valid until the next read)."""
+        if not local.out and not local.connecting:
+            try:
+                sent = local.sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._close_local(local, abort=True,
+                                  reason=f"local connection failed: {exc.strerror}")
+                return
+            if sent:
+                local.active = self.now
+                self.mux.consumed(local.sid, sent)
+                if sent == len(view):
+                    return
+                view = view[sent:]
+        local.out += view
+        self.held += len(view)
+        self._dirty.add(local)
 
     # -- local connections --------------------------------------------------
+    def _watch_listener(self) -> None:
+        if self.listener is None:
+            return
+        want = (selectors.EVENT_READ if len(self.locals) < self.max_sessions
+                and self.now >= self._accept_resume else 0)
+        if want != self.listener_events and not want and len(self.locals) >= self.max_sessions:
+            self.reporter.info(f"{self.max_sessions} sessions open (--max-sessions): new "
+                               f"local clients wait")
+        self._set_interest(self.listener, self.listener_events, want, "listener")
+        self.listener_events = want
+
     def _accept(self) -> None:
         for _ in range(16):
+            if len(self.locals) >= self.max_sessions:
+                return
             try:
                 sock, addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self.reporter.info(f"accept failed: {exc.strerror}")
+                if exc.errno in _ACCEPT_TRANSIENT:
+                    continue
+                self._accept_failed(exc)
                 return
             sock.setblocking(False)
             sid = self.mux.open()
             self.sessions_served += 1
             self.reporter.info(f"session {sid} from {addr[0]}:{addr[1]}")
-            self._add_local(_Local(sock, sid))
+            self._add_local(_Local(sock, sid, self.now))
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """Rest the listener (it stays readable: watching it would spin) and
+        say so at most once a second."""
+        self._accept_resume = self.now + ACCEPT_BACKOFF
+        self._accept_errors += 1
+        if self.now >= self._accept_report:
+            more = self._accept_errors - 1
+            self.reporter.warning(f"cannot accept a local connection: {exc.strerror or exc}"
+                                  + (f" ({more} more failures)" if more else ""))
+            self._accept_errors = 0
+            self._accept_report = self.now + 1.0
 
     def _connect_target(self, sid: int) -> None:
         target = self.target
         try:
             sock = socket.socket(target.family, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            err = sock.connect_ex((target.host, target.port))
         except OSError as exc:
             self.mux.reset(sid, f"cannot connect to {target}: {exc.strerror}")
             return
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex((target.host, target.port))
+        except OSError as exc:
+            err = exc.errno
         if err not in (0, errno.EINPROGRESS):
             sock.close()
             self.mux.reset(sid, f"cannot connect to {target}: {errno.errorcode.get(err, err)}")
             return
         self.sessions_served += 1
         self.reporter.info(f"session {sid} to {target}")
-        self._add_local(_Local(sock, sid, connecting=True))
+        self._add_local(_Local(sock, sid, self.now, connecting=True))
 
     def _add_local(self, local: _Local) -> None:
         self.locals[local.sid] = local
-        self.sel.register(local.sock, selectors.EVENT_READ, local)
-        local.events = selectors.EVENT_READ
         self._interest(local)
 
     def _interest(self, local: _Local) -> None:
@@ -202,24 +457,20 @@ class Forwarder:
         if local.connecting:
             want = selectors.EVENT_WRITE
         else:
-            if (not local.read_done and self.mux.credit(local.sid) > 0
-                    and (local.tx is None or local.tx.room() > 0)):
-                want |= selectors.EVENT_READ
+            if not local.read_done and self._send_open and self.mux.credit(local.sid) > 0:
+                if local.tx is None or local.tx.room() > 0:
+                    want |= selectors.EVENT_READ
+                else:
+                    self._spool_full.add(local)
             if local.out:
                 want |= selectors.EVENT_WRITE
-        if want != local.events:
-            if want:
-                if local.events:
-                    self.sel.modify(local.sock, want, local)
-                else:
-                    self.sel.register(local.sock, want, local)
-            else:
-                self.sel.unregister(local.sock)
-            local.events = want
+        self._set_interest(local.sock, local.events, want, local)
+        local.events = want
 
     def _local_event(self, local: _Local, mask: int) -> None:
         if local.sid not in self.locals:
             return
+        self._dirty.add(local)
         if local.connecting:
             err = local.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
@@ -228,6 +479,7 @@ class Forwarder:
                 self._close_local(local, abort=False, reason=f"cannot connect to {self.target}")
                 return
             local.connecting = False
+            local.active = self.now
             self._write_local(local)
             return
         if mask & selectors.EVENT_WRITE:
@@ -237,7 +489,7 @@ class Forwarder:
 
     def _read_local(self, local: _Local) -> None:
         credit = self.mux.credit(local.sid)
-        if credit <= 0:
+        if credit <= 0 or not self._send_open:
             return
         try:
             if self.zero_copy:
@@ -249,6 +501,7 @@ class Forwarder:
                 n = os.splice(local.sock.fileno(), local.tx.w, want, flags=SPLICE_F_NONBLOCK)
                 if n:
                     local.tx.filled += n
+                    local.active = self.now
                     self.mux.send_external(local.sid, Spliced(local.tx, n))
                     return
                 data = b""
@@ -260,28 +513,34 @@ class Forwarder:
             self._close_local(local, abort=True, reason=f"local connection failed: {exc.strerror}")
             return
         if data:
+            local.active = self.now
             self.mux.send(local.sid, data)
             return
         local.read_done = True
+        local.active = self.now
         self.mux.send_eof(local.sid)
         self._maybe_done(local)
 
     def _write_local(self, local: _Local) -> None:
         if local.connecting or local.write_done:
             return
-        while local.out:
+        if local.out:
             try:
-                sent = local.sock.send(local.out[0])
+                sent = local.sock.send(local.out)
             except (BlockingIOError, InterruptedError):
-                break
+                sent = 0
             except OSError as exc:
                 self._close_local(local, abort=True, reason=f"local connection failed: {exc.strerror}")
                 return
-            self.mux.consumed(local.sid, sent)
-            if sent == len(local.out[0]):
-                local.out.pop(0)
-            else:
-                local.out[0] = local.out[0][sent:]
+            if sent:
+                local.active = self.now
+                self.mux.consumed(local.sid, sent)
+                self.held -= sent
+                if sent == len(local.out):
+                    local.out = bytearray()          # give the memory back
+                else:
+                    del local.out[:sent]
+            self._dirty.add(local)
         if not local.out and local.peer_eof:
             try:
                 local.sock.shutdown(socket.SHUT_WR)
@@ -297,7 +556,12 @@ class Forwarder:
     def _close_local(self, local: _Local, abort: bool, tell_peer: bool = True,
                      reason: str = "") -> None:
         """Forget a local connection; *abort* closes it with a reset."""
-        self.locals.pop(local.sid, None)
+        if self.locals.pop(local.sid, None) is None:
+            return
+        self.held -= len(local.out)
+        local.out = bytearray()
+        self._dirty.discard(local)
+        self._spool_full.discard(local)
         if local.events:
             self.sel.unregister(local.sock)
             local.events = 0
@@ -312,13 +576,15 @@ class Forwarder:
 
 
 def serve(channel, opener: bool, reporter, listener=None, target: Endpoint | None = None,
-          initial: bytes = b"") -> int:
+          initial: bytes = b"", max_sessions: int = MAX_SESSIONS,
+          half_close_timeout: float = 60.0) -> int:
     """Run the forwarder until the link ends; returns how many sessions it served.
 
     *initial* is what arrived with the commit.  Raises :class:`LinkLost` when
     the link breaks (reset, timeout).
     """
-    forwarder = Forwarder(channel, opener, reporter, listener=listener, target=target)
+    forwarder = Forwarder(channel, opener, reporter, listener=listener, target=target,
+                          max_sessions=max_sessions, half_close_timeout=half_close_timeout)
     try:
         forwarder.feed(initial)
         forwarder.run()

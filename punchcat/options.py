@@ -8,6 +8,7 @@ before any packet is sent.
 from __future__ import annotations
 
 import math
+import os
 import socket
 from dataclasses import dataclass
 
@@ -22,6 +23,14 @@ MAX_PORTS = 100
 MAX_PEERS = 8
 MAX_CLOCK_ERROR = 3600.0
 DEFAULT_KEEPALIVE = 60.0
+#: --keepalive at most a day (TCP_KEEPIDLE and TCP_USER_TIMEOUT have bounds).
+MAX_KEEPALIVE = 86400.0
+# -- limits and secrets (issues 15 and 16) --
+SECRET_ENV = "PUNCHCAT_SECRET"
+DEFAULT_MAX_SESSIONS = 64
+MAX_MAX_SESSIONS = 1024
+DEFAULT_HALF_CLOSE_TIMEOUT = 60.0
+MAX_HALF_CLOSE_TIMEOUT = 86400.0
 
 
 @dataclass(frozen=True)
@@ -44,13 +53,18 @@ class Options:
     plan: bool
     port_guessing: bool = True       # the random-port fallback (traverse.birthday)
     port_mapping: bool = True        # ask the home router (traverse.mapped)
+    # -- limits (issue 15) --
+    max_sessions: int = DEFAULT_MAX_SESSIONS          # -L/-c: sessions at once
+    half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT
 
 
 def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: float,
           ports: int, listen: str | None, connect: str | None, keep_open: bool,
           secret: str | None, secret_file: str | None, stats: bool, keepalive: float,
           ipv4: bool, ipv6: bool, plan: bool, verbose: bool, quiet: bool,
-          port_guessing: bool = True, port_mapping: bool = True) -> Options:
+          port_guessing: bool = True, port_mapping: bool = True,
+          insecure_secret_file: bool = False, max_sessions: int = DEFAULT_MAX_SESSIONS,
+          half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT) -> Options:
     """Check the command line; raise :class:`UsageError` with one line if it cannot work."""
     if verbose and quiet:
         raise UsageError("-v and -q cannot be used together")
@@ -58,8 +72,8 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
         raise UsageError(f"--ports must be between 1 and {MAX_PORTS}")
     if not timeout > 0 or not math.isfinite(timeout):
         raise UsageError("--timeout must be more than 0 seconds")
-    if not keepalive > 0 or not math.isfinite(keepalive):
-        raise UsageError("--keepalive must be more than 0 seconds")
+    if not 0 < keepalive <= MAX_KEEPALIVE:
+        raise UsageError(f"--keepalive must be more than 0 and at most {MAX_KEEPALIVE:g} seconds")
     if ipv4 and ipv6:
         raise UsageError("-4 and -6 cannot be used together")
     if not 0 <= clock_error <= MAX_CLOCK_ERROR:
@@ -74,11 +88,21 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
         raise UsageError("-L and -c cannot be used together")
     if keep_open and listen is None and connect is None:
         raise UsageError("-k needs -L or -c")
+    # -- limits and secrets (issues 15 and 16) --
+    if not 0 < max_sessions <= MAX_MAX_SESSIONS:
+        raise UsageError(f"--max-sessions must be between 1 and {MAX_MAX_SESSIONS}")
+    if not 0 < half_close_timeout <= MAX_HALF_CLOSE_TIMEOUT:
+        raise UsageError(f"--half-close-timeout must be more than 0 and at most "
+                         f"{MAX_HALF_CLOSE_TIMEOUT:g} seconds")
+    if secret is None and os.environ.get(SECRET_ENV) == "":
+        raise UsageError(f"{SECRET_ENV} is set but empty: unset it, or give it the secret")
     if secret is not None and secret_file is not None:
         raise UsageError("give the secret once: -s/PUNCHCAT_SECRET or --secret-file")
+    if insecure_secret_file and secret_file is None:
+        raise UsageError("--insecure-secret-file goes with --secret-file")
     if secret_file is not None:
         try:
-            secret = read_secret_file(secret_file)
+            secret = read_secret_file(secret_file, insecure=insecure_secret_file)
         except PunchcatError as exc:
             raise UsageError(str(exc)) from None
     if secret is not None and not secret:
@@ -99,4 +123,5 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
                    secret=secret, timeout=timeout, keepalive=keepalive,
                    clock_error=clock_error, run_window=run_window, ports=ports, stats=stats,
                    level=VERBOSE if verbose else QUIET if quiet else NORMAL, plan=plan,
-                   port_guessing=port_guessing, port_mapping=port_mapping)
+                   port_guessing=port_guessing, port_mapping=port_mapping,
+                   max_sessions=max_sessions, half_close_timeout=half_close_timeout)

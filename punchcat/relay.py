@@ -40,15 +40,13 @@ from typing import Callable
 
 from .channel import KernelPipe, grow_pipe
 from .errors import InputFailed, LinkLost, OutputFailed, PunchcatError, check_interrupted
-from .sockopts import PORTABLE, timed_out
+from .sockopts import PORTABLE, gave_up
 
 BUFSIZE = 1024 * 1024
 #: Most bytes asked of one splice/sendfile call.
 CHUNK = 4 * 1024 * 1024
 #: Pipe size asked for (F_SETPIPE_SZ); the default is 64 KiB.
 PIPE_SIZE = 1024 * 1024
-#: How long a broken pipe waits for the other flow to report the cause.
-CAUSE_GRACE = 0.5
 HAVE_SPLICE = hasattr(os, "splice") and not PORTABLE
 HAVE_SENDFILE = hasattr(os, "sendfile") and not PORTABLE
 
@@ -227,17 +225,31 @@ def _down_splice(channel, fd: int, stats: Stats) -> None:
 
 # -- both -------------------------------------------------------------------------
 
-def _cause(exc: LinkLost, results: queue.Queue, channel) -> PunchcatError:
-    """A broken pipe only says the connection was already gone: the other flow
-    on the same socket may be reporting why, or else the socket tells."""
+#: How long a flow's failure waits for the other flow's, to report the cause.
+CAUSE_GRACE = 0.5
+
+
+def _first_cause(exc: PunchcatError, results: queue.Queue, channel) -> PunchcatError:
+    """The error to report when a flow failed.  When the link dies, both
+    flows fail, and the one that reports first may only have seen the
+    consequence: the kernel gives the cause (the peer stopped answering,
+    ETIMEDOUT) to one call only, and the other flow's next send then fails
+    with "Broken pipe" (or its receive sees a plain end).  So for a
+    consequential error the other flow's error is awaited briefly, and the
+    socket asked whether the kernel was still retransmitting or probing
+    when the connection ended (:func:`punchcat.sockopts.gave_up`)."""
+    if not isinstance(exc, LinkLost) or getattr(exc, "errno", None) not in (errno.EPIPE,
+                                                                           errno.ECONNRESET):
+        return exc
     try:
         other = results.get(timeout=CAUSE_GRACE)
-        if other is not None:
-            return other
     except queue.Empty:
-        pass
-    if timed_out(channel.sock):
-        return LinkLost.from_os(OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)), exc.doing)
+        other = None
+    if isinstance(other, LinkLost) and getattr(other, "errno", None) == errno.ETIMEDOUT:
+        return other
+    if gave_up(channel.sock):
+        return LinkLost.from_os(OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)),
+                                exc.doing)
     return exc
 
 
@@ -280,9 +292,7 @@ def relay(channel, source_fd: int, sink_fd: int, leftover: bytes = b"",
                     if progress is not None:
                         progress(stats)
             if exc is not None:
-                if getattr(exc, "consequence", False):
-                    exc = _cause(exc, results, channel)
-                raise exc
+                raise _first_cause(exc, results, channel)
     finally:
         stats.ended = time.monotonic()
         channel.close()

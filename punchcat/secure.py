@@ -43,25 +43,31 @@ secret" flag in the clear hello.
 from __future__ import annotations
 
 import importlib.resources
+import os
 import re
 import secrets
 import socket
 import ssl
+import stat
 import struct
 import threading
+import time
 
 from . import srp
 from .channel import Channel, send_some
-from .errors import AuthenticationFailed, LinkLost, PunchcatError
+from .errors import AuthenticationFailed, LinkLost, PunchcatError, UsageError
 
 __all__ = ["AuthenticationFailed", "SecureChannel", "generate_code", "generate_secret",
-           "normalize_secret", "read_secret_file", "secure"]
+           "normalize_secret", "read_secret_file", "secure", "write_secret_file"]
 
 SUITE = "ADH-AES128-GCM-SHA256:@SECLEVEL=0"
 FRAME = struct.Struct("!I")
 #: Largest plaintext frame; bigger writes are cut.
 MAX_FRAME = 1024 * 1024
+#: The whole authentication (TLS handshake and SRP) must be done within this long.
 HANDSHAKE_TIMEOUT = 15.0
+#: TLS extension type of the extended master secret (RFC 7627).
+EXTENDED_MASTER_SECRET = 23
 
 #: A short code: CODE_GROUPS groups of CODE_DIGITS random decimal digits.
 CODE_GROUPS, CODE_DIGITS = 3, 5
@@ -167,12 +173,15 @@ class SecureChannel(Channel):
         """Frame and encrypt *data* (an empty frame ends the stream)."""
         view = memoryview(data).cast("B")
         with self._lock:
-            if not view:
-                self._obj.write(FRAME.pack(0))
-            for start in range(0, len(view), MAX_FRAME):
-                part = view[start:start + MAX_FRAME]
-                self._obj.write(FRAME.pack(len(part)))
-                self._obj.write(part)
+            try:
+                if not view:
+                    self._obj.write(FRAME.pack(0))
+                for start in range(0, len(view), MAX_FRAME):
+                    part = view[start:start + MAX_FRAME]
+                    self._obj.write(FRAME.pack(len(part)))
+                    self._obj.write(part)
+            except ssl.SSLError as exc:      # the TLS session failed (e.g. a peer's alert)
+                raise LinkLost(f"the encrypted link failed ({exc.reason or exc})") from None
             return self._bio_out.read()
 
     def _decrypt_into(self, view) -> int | None:
@@ -283,11 +292,11 @@ class SecureChannel(Channel):
                 break                       # deliver what we have; the end comes next
             self._feed(got)
         if total:
-            return bytes(view[:total])
+            return view[:total]           # reused by the next call (see Channel.read)
         return b"" if self._eof else None
 
     def queue(self, buffers) -> None:
-        sealed = self._seal(b"".join(bytes(b) for b in buffers))
+        sealed = self._seal(b"".join(buffers))       # join takes the views as they are
         self._out.append(memoryview(sealed))
         self._out_bytes += len(sealed)
 
@@ -299,7 +308,89 @@ class SecureChannel(Channel):
             self._out_bytes -= sent
 
 
-def _recv_exactly(sock: socket.socket, n: int, obj, incoming) -> bytes:
+class _Deadline:
+    """One deadline for the whole authentication, however the peer trickles
+    its bytes: every blocking call on the socket gets what is left of it."""
+
+    def __init__(self, sock: socket.socket, seconds: float):
+        self.sock = sock
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def arm(self) -> None:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise socket.timeout
+        self.sock.settimeout(left)
+
+    def recv(self, size: int) -> bytes:
+        self.arm()
+        return self.sock.recv(size)
+
+    def sendall(self, data) -> None:
+        self.arm()
+        self.sock.sendall(data)
+
+
+class ServerHelloScan:
+    """Finds the TLS 1.2 ServerHello in a byte stream (the records as they
+    travel) and lists its extensions, to check that the extended master
+    secret (RFC 7627, extension 23) was negotiated: the server sends it only
+    when both ends agreed on it.  Python's ssl module does not say, and
+    OpenSSL has no switch to require it.  The leader (TLS client) scans
+    what it receives, the follower what it sends: both see the same hello,
+    which the TLS Finished messages authenticate."""
+
+    LIMIT = 64 * 1024
+
+    def __init__(self):
+        self._records = bytearray()
+        self._handshake = bytearray()
+        #: The ServerHello's extension types, once it has been seen.
+        self.extensions: frozenset[int] | None = None
+
+    def feed(self, data) -> None:
+        if self.extensions is not None or len(self._records) > self.LIMIT:
+            return
+        self._records += data
+        while len(self._records) >= 5 and self.extensions is None:
+            kind, _version, length = struct.unpack_from("!BHH", self._records)
+            if len(self._records) < 5 + length:
+                return
+            fragment = bytes(self._records[5:5 + length])
+            del self._records[:5 + length]
+            if kind != 22:                        # not a handshake record
+                continue
+            self._handshake += fragment
+            if len(self._handshake) < 4:
+                continue
+            size = int.from_bytes(self._handshake[1:4], "big")
+            if len(self._handshake) >= 4 + size:
+                body = bytes(self._handshake[4:4 + size])
+                self.extensions = (_hello_extensions(body) if self._handshake[0] == 2
+                                   else frozenset())
+
+
+def _hello_extensions(body: bytes) -> frozenset[int]:
+    """The extension types of a ServerHello body (empty if malformed)."""
+    try:
+        pos = 2 + 32                              # version, random
+        pos += 1 + body[pos]                      # session id
+        pos += 2 + 1                              # cipher suite, compression
+        if pos + 2 > len(body):
+            return frozenset()
+        end = pos + 2 + int.from_bytes(body[pos:pos + 2], "big")
+        pos += 2
+        found = set()
+        while pos + 4 <= min(end, len(body)):
+            found.add(int.from_bytes(body[pos:pos + 2], "big"))
+            pos += 4 + int.from_bytes(body[pos + 2:pos + 4], "big")
+        return frozenset(found)
+    except IndexError:
+        return frozenset()
+
+
+def _recv_exactly(wire: _Deadline, n: int, obj, incoming) -> bytes:
     """Read *n* decrypted bytes during authentication (blocking); what
     follows stays inside the SSL object for the channel."""
     got = bytearray()
@@ -311,7 +402,7 @@ def _recv_exactly(sock: socket.socket, n: int, obj, incoming) -> bytes:
             pass
         except ssl.SSLError as exc:
             raise AuthenticationFailed(f"authentication failed: {exc.reason or exc}") from None
-        data = sock.recv(65536)
+        data = wire.recv(65536)
         if not data:
             raise AuthenticationFailed(
                 "authentication failed: the peer closed the connection (wrong secret?)")
@@ -319,29 +410,34 @@ def _recv_exactly(sock: socket.socket, n: int, obj, incoming) -> bytes:
     return bytes(got)
 
 
-def _send(sock: socket.socket, obj, outgoing, data: bytes = b"") -> None:
+def _send(wire: _Deadline, obj, outgoing, data: bytes = b"") -> None:
     """Encrypt *data* and send it with whatever TLS has queued."""
     if data:
         obj.write(data)
     if outgoing.pending:
-        sock.sendall(outgoing.read())
+        wire.sendall(outgoing.read())
 
 
 def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
            peer_hello: bytes, leftover: bytes,
-           side_ids: tuple[bytes, bytes] | None = None) -> SecureChannel:
+           side_ids: tuple[bytes, bytes] | None = None,
+           timeout: float = HANDSHAKE_TIMEOUT) -> SecureChannel:
     """Run steps 1 and 2 on the agreed connection; return the encrypted channel.
 
     *secret* goes through :func:`normalize_secret`; *side_ids* is not used
     any more (the hellos carry them) and is accepted for older callers.
-    Raises :class:`AuthenticationFailed` for any failure before the channel
-    exists.
+    The whole of it, TLS handshake and SRP, must be done within *timeout*
+    seconds, however slowly the peer sends.  Raises
+    :class:`AuthenticationFailed` for any failure before the channel exists.
     """
     password = normalize_secret(secret).encode("utf-8", "surrogateescape")
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = _context(server=not leader).wrap_bio(incoming, outgoing, server_side=not leader)
+    scan = ServerHelloScan()
     incoming.write(leftover)
-    sock.settimeout(HANDSHAKE_TIMEOUT)
+    if leader:
+        scan.feed(leftover)
+    wire = _Deadline(sock, timeout)
     machine: srp.SrpClient | srp.SrpServer | None = None
 
     def prepare() -> srp.SrpClient | srp.SrpServer:
@@ -358,46 +454,107 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
                 break
             except ssl.SSLWantReadError:
                 if outgoing.pending:
-                    sock.sendall(outgoing.read())
+                    data = outgoing.read()
+                    if not leader:
+                        scan.feed(data)
+                    wire.sendall(data)
                     prepare()
-                data = sock.recv(65536)
+                data = wire.recv(65536)
                 if not data:
                     raise AuthenticationFailed("authentication failed: the peer closed the "
                                                "connection during the TLS handshake")
+                if leader:
+                    scan.feed(data)
                 incoming.write(data)
             except ssl.SSLError as exc:
                 raise AuthenticationFailed(f"authentication failed: TLS handshake: "
                                            f"{exc.reason or exc}") from None
+        if EXTENDED_MASTER_SECRET not in (scan.extensions or ()):
+            raise AuthenticationFailed("authentication failed: the TLS handshake did not "
+                                       "negotiate the extended master secret (RFC 7627)")
         binding = obj.get_channel_binding("tls-unique")
         hellos = local_hello + peer_hello if leader else peer_hello + local_hello
         side = prepare()
         if isinstance(side, srp.SrpClient):
-            _send(sock, obj, outgoing)
-            response = side.respond(_recv_exactly(sock, side.expect, obj, incoming),
+            _send(wire, obj, outgoing)
+            response = side.respond(_recv_exactly(wire, side.expect, obj, incoming),
                                     binding, hellos)
-            _send(sock, obj, outgoing, response)
-            side.confirm(_recv_exactly(sock, side.expect, obj, incoming))
+            _send(wire, obj, outgoing, response)
+            side.confirm(_recv_exactly(wire, side.expect, obj, incoming))
         else:
-            _send(sock, obj, outgoing, side.challenge)       # with TLS's Finished
-            confirmation = side.verify(_recv_exactly(sock, side.expect, obj, incoming),
+            _send(wire, obj, outgoing, side.challenge)       # with TLS's Finished
+            confirmation = side.verify(_recv_exactly(wire, side.expect, obj, incoming),
                                        binding, hellos)
-            _send(sock, obj, outgoing, confirmation)
+            _send(wire, obj, outgoing, confirmation)
     except socket.timeout:
-        raise AuthenticationFailed("authentication failed: the peer did not answer") from None
+        raise AuthenticationFailed(f"authentication failed: the peer did not complete it "
+                                   f"within {timeout:g} s") from None
     except OSError as exc:
         raise AuthenticationFailed(f"authentication failed: {exc.strerror or exc}") from None
     sock.settimeout(None)
     return SecureChannel(sock, obj, incoming, outgoing)
 
 
-def read_secret_file(path: str) -> str:
-    """The secret in *path* (first line, surrounding whitespace removed)."""
+#: Most bytes read from a secret file (its first line): /dev/zero is not a secret.
+MAX_SECRET_LINE = 4096
+
+
+def read_secret_file(path: str, insecure: bool = False) -> str:
+    """The secret in *path*: its first line, surrounding whitespace removed.
+
+    As ssh treats a private key: a file (or named pipe) that another user
+    can read or write, or that another user owns, is refused with the
+    reason unless *insecure*.  Bytes that are not UTF-8 are kept as they are
+    (as a command line or the environment would give them).
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            secret = f.readline().strip()
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not insecure:
+                _check_private(path, info)
+            line = f.readline(MAX_SECRET_LINE + 1)
+    except OSError as exc:
         raise PunchcatError(f"cannot read the secret file {path}: "
-                            f"{getattr(exc, 'strerror', None) or exc}") from None
-    return secret
+                            f"{exc.strerror or exc}") from None
+    if len(line) > MAX_SECRET_LINE:
+        raise PunchcatError(f"the secret file {path}: its first line is longer than "
+                            f"{MAX_SECRET_LINE} bytes")
+    return line.decode("utf-8", "surrogateescape").strip()
 
 
+def _check_private(path: str, info: os.stat_result) -> None:
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+        return                        # a terminal, /dev/stdin: not a file others share
+    if info.st_uid not in (os.geteuid(), 0):
+        raise PunchcatError(f"the secret file {path} belongs to another user (uid "
+                            f"{info.st_uid}), who can change it; use a file of your own, "
+                            f"or give --insecure-secret-file")
+    if info.st_mode & 0o077:
+        raise PunchcatError(f"the secret file {path} can be read or changed by other users "
+                            f"(mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 {path}, or "
+                            f"give --insecure-secret-file")
+
+
+def write_secret_file(path: str, secret: str) -> None:
+    """Write *secret* to a new file *path* that only its owner can read (0600).
+
+    An existing file is never replaced (:class:`UsageError`)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                     0o600)
+    except FileExistsError:
+        raise UsageError(f"{path} exists; remove it first or choose another path") from None
+    except OSError as exc:
+        raise PunchcatError(f"cannot write the secret file {path}: "
+                            f"{exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, 0o600)
+        data = (secret + "\n").encode()
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(path)
+        raise PunchcatError(f"cannot write the secret file {path}: "
+                            f"{exc.strerror or exc}") from None
+    os.close(fd)

@@ -152,7 +152,8 @@ def use_link(link: Link, opts: Options, reporter: Reporter, listener) -> None:
     else:
         # -L or -c against the other: multiplexed sessions
         served = serve(channel, opts.mode == Mode.LISTEN, reporter, listener=listener,
-                       target=opts.connect, initial=leftover)
+                       target=opts.connect, initial=leftover, max_sessions=opts.max_sessions,
+                       half_close_timeout=opts.half_close_timeout)
         reporter.info(f"link ended after {served} sessions")
         return
     if opts.stats or opts.level >= VERBOSE:

@@ -35,11 +35,11 @@ TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", None)
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25 if os.uname().sysname == "Linux" else None)
 #: What a non-blocking connect() answers when the SYN went out.
 CONNECTING = (0, errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)
-#: tcp_info.tcpi_state of a closed connection (Linux's TCP_CLOSE).
-TCP_CLOSE = 7
 #: A punch socket's TCP_USER_TIMEOUT (ms): the kernel gives up at its first
 #: SYN retransmission instead of re-sending it (our own recycling comes first).
 PUNCH_USER_TIMEOUT_MS = 100
+#: Linux's bound on TCP_KEEPIDLE and TCP_KEEPINTVL (seconds).
+MAX_KEEP_SECONDS = 32767
 
 
 def bound_socket(family: int, port: int) -> socket.socket:
@@ -133,15 +133,15 @@ def prepare_link(sock: socket.socket, keepalive: float) -> None:
     """
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    options = (("TCP_KEEPIDLE", max(1, round(keepalive / 2))),
-               ("TCP_KEEPINTVL", max(1, round(keepalive / 6))),
+    options = (("TCP_KEEPIDLE", min(MAX_KEEP_SECONDS, max(1, round(keepalive / 2)))),
+               ("TCP_KEEPINTVL", min(MAX_KEEP_SECONDS, max(1, round(keepalive / 6)))),
                ("TCP_KEEPCNT", 3),
-               ("TCP_USER_TIMEOUT", max(1, int(keepalive * 1000))))
+               ("TCP_USER_TIMEOUT", min(2 ** 31 - 1, max(1, int(keepalive * 1000)))))
     for name, value in options:
         if hasattr(socket, name):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-            except OSError:
+            except (OSError, OverflowError):
                 pass              # an OS that lacks one still gets the others
 
 
@@ -168,20 +168,6 @@ def connect_result(sock: socket.socket) -> int | None:
     return 0
 
 
-def timed_out(sock: socket.socket) -> bool:
-    """Whether *sock*'s connection ended because the peer stopped answering
-    (retransmissions or keepalive probes unanswered), from TCP_INFO (Linux);
-    for when the ETIMEDOUT itself went to another call on the socket."""
-    if not hasattr(socket, "TCP_INFO"):
-        return False
-    try:
-        state, _ca, retransmits, probes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO,
-                                                          8)[:4]
-    except OSError:
-        return False
-    return state == TCP_CLOSE and (retransmits > 0 or probes > 0)
-
-
 def reset_close(sock: socket.socket) -> None:
     """Close with a reset: the other end sees an abort, and no TIME_WAIT stays
     behind to block the port for the next session."""
@@ -190,3 +176,35 @@ def reset_close(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+def port_owners(port: int) -> set[int]:
+    """The user ids of the TCP sockets bound to local *port* on this host
+    (from /proc/net/tcp and tcp6; empty where they do not exist)."""
+    owners = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)                      # the header
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 7 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        owners.add(int(fields[7]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return owners
+
+
+def gave_up(sock: socket.socket) -> bool:
+    """Whether the kernel was retransmitting or probing when *sock*'s
+    connection ended: it ended because the peer stopped answering, even if
+    the call that failed only says "Broken pipe" (TCP_INFO; False where
+    that does not exist)."""
+    if not hasattr(socket, "TCP_INFO"):
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    except OSError:
+        return False
+    _state, _ca_state, retransmits, probes, backoff = info[:5]
+    return bool(retransmits or probes or backoff)

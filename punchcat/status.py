@@ -14,6 +14,25 @@ from typing import TextIO
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 
 
+def printable(text: str) -> str:
+    """*text* safe to show on a terminal: every character that is not
+    printable (C0 and C1 controls, escape, DEL, bidirectional overrides and
+    other format characters, separators but the space, lone surrogates)
+    becomes a visible escape such as ``\\x1b`` or ``\\u202e``, so that text
+    from the peer can neither move the cursor, retitle the window, clear the
+    screen nor fake a line of its own.  Idempotent: nothing it returns needs
+    escaping again."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ord(ch)) for ch in text)
+
+
+def _escape(code: int) -> str:
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 class Reporter:
     def __init__(self, level: int = NORMAL, stream: TextIO | None = None):
         self.level = level
@@ -33,6 +52,7 @@ class Reporter:
             pass  # stderr went away; nothing better to do
 
     def _line(self, text: str) -> None:
+        text = printable(text)          # whatever the message quotes, one inert line
         with self._lock:
             if self._status_shown:
                 self._write("\r\x1b[K")
@@ -45,6 +65,11 @@ class Reporter:
 
     def notice(self, message: str) -> None:
         """A line asked for explicitly (e.g. --stats), shown unless -q."""
+        if self.level >= NORMAL:
+            self._line(f"punchcat: {message}")
+
+    def warning(self, message: str) -> None:
+        """Something the user should know even without ``-v``; not with ``-q``."""
         if self.level >= NORMAL:
             self._line(f"punchcat: {message}")
 

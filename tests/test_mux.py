@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from punchcat.errors import LocalProtocolError, RemoteProtocolError
-from punchcat.mux import (DATA, EOF, HEADER, MAX_PAYLOAD, OPEN, RESET, WINDOW, WINDOW_SIZE,
-                          Credit, Data, Eof, Mux, Opened, Reset)
+from punchcat.mux import (DATA, EOF, GRANT_STEP, HEADER, MAX_PAYLOAD, OPEN, REFUSED, RESET,
+                          WINDOW, WINDOW_SIZE, Credit, Data, Eof, Mux, Opened, Reset)
 
 
 def frame(kind, sid, payload=b""):
@@ -160,3 +160,112 @@ def test_arbitrary_bytes_never_crash(blob):
     except RemoteProtocolError:
         return
     assert all(isinstance(e, (Opened, Data, Eof, Reset, Credit)) for e in events)
+
+
+# -- what a peer can make a side hold (the memory bounds) ---------------------------
+
+def test_opens_beyond_the_limit_are_refused_with_a_reset_made_when_sent():
+    server = Mux(opener=False, max_sessions=2)
+    events = server.receive(frame(OPEN, 1) + frame(OPEN, 2) + frame(OPEN, 3) + frame(OPEN, 4))
+    assert events == [Opened(1), Opened(2)]
+    assert server.control_backlog() == 2 * (HEADER.size + len(REFUSED))
+    client = Mux(opener=True)
+    for _ in range(4):
+        client.open()
+    assert client.receive(wire(server)) == [Reset(3, "too many sessions"),
+                                           Reset(4, "too many sessions")]
+    assert server.control_backlog() == 0
+
+
+def test_a_session_that_ends_frees_a_place():
+    server = Mux(opener=False, max_sessions=1)
+    assert server.receive(frame(OPEN, 1)) == [Opened(1)]
+    server.receive(frame(RESET, 1))
+    assert server.receive(frame(OPEN, 2)) == [Opened(2)]
+
+
+def test_data_for_an_ended_session_draws_on_what_it_could_still_send():
+    client, server = pair()
+    sid = client.open()
+    server.receive(wire(client))
+    server.receive(frame(DATA, sid, b"x" * 1000))
+    server.reset(sid)                        # the peer may still have WINDOW - 1000 in flight
+    server.receive(frame(DATA, sid, b"y" * MAX_PAYLOAD) * 15)
+    with pytest.raises(RemoteProtocolError, match="ended session"):
+        server.receive(frame(DATA, sid, b"z" * MAX_PAYLOAD))
+
+
+def test_data_for_a_session_the_peer_reset_is_a_protocol_error():
+    client, server = pair()
+    sid = client.open()
+    server.receive(wire(client))
+    server.receive(frame(RESET, sid))        # the peer ended it: it sends nothing more
+    with pytest.raises(RemoteProtocolError, match="ended session"):
+        server.receive(frame(DATA, sid, b"late"))
+
+
+def test_control_frames_and_queued_data_are_counted():
+    client, server = pair()
+    sid = client.open()
+    assert client.control_backlog() == HEADER.size
+    client.send(sid, b"a" * (MAX_PAYLOAD + 10))
+    assert client.queued() == client.queued(sid) == MAX_PAYLOAD + 10
+    server.receive(wire(client))
+    assert client.queued() == 0 and client.control_backlog() == 0
+    server.consumed(sid, GRANT_STEP)
+    assert server.control_backlog() == HEADER.size + 4
+    client.send(sid, b"b" * 5)
+    client.reset(sid)
+    assert client.queued() == 0
+
+
+def test_events_are_delivered_one_at_a_time_before_the_next_frame_is_read():
+    server = Mux(opener=False)
+    seen = []
+
+    def deliver(event):
+        seen.append(event)
+        if isinstance(event, Data):
+            raise KeyboardInterrupt              # the caller stops at the first payload
+    with pytest.raises(KeyboardInterrupt):
+        server.receive_into(frame(OPEN, 1) + frame(DATA, 1, b"x") + frame(OPEN, 2), deliver)
+    assert seen == [Opened(1), Data(1, b"x")]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(1, 3), st.binary(max_size=3000)), max_size=12),
+       st.lists(st.integers(1, 5000), max_size=20))
+def test_payloads_are_the_same_however_the_reads_cut_the_frames(sends, cuts):
+    """DATA is streamed in parts when a read cuts a frame; what each session
+    receives, and the other events, do not depend on where the cuts fall."""
+    client = Mux(opener=True)
+    for _ in range(3):
+        client.open()
+    for sid, data in sends:
+        client.send(sid, data)
+    client.send_eof(2)
+    client.reset(3, "gone")
+    blob = wire(client)
+
+    def feed(pieces):
+        server = Mux(opener=False)
+        got, others = {}, []
+        for piece in pieces:
+            for event in server.receive(piece):
+                if isinstance(event, Data):
+                    got[event.sid] = got.get(event.sid, b"") + bytes(event.data)
+                else:
+                    others.append(event)
+        return got, others
+    pieces, pos = [], 0
+    for cut in cuts:
+        pieces.append(blob[pos:pos + cut])
+        pos += cut
+    pieces.append(blob[pos:])
+    whole = feed([blob])
+    assert feed(pieces) == whole
+    expected = {}
+    for sid, data in sends:
+        if data and sid != 3:
+            expected[sid] = expected.get(sid, b"") + data
+    assert {sid: data for sid, data in whole[0].items() if sid != 3} == expected

@@ -35,6 +35,7 @@ def test_secret_from_a_file_on_one_side(make_lab, tmp_path):
     lab = make_lab()
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET["PUNCHCAT_SECRET"] + "\n")
+    secret_file.chmod(0o600)                 # one that others can read is refused
     runs = run_pair(lab, {"a": ["-w", "30", "--secret-file", str(secret_file)],
                           "b": ["-w", "30"]},
                     stdin={"a": b"ping", "b": b"pong"}, env={"b": SECRET})
@@ -103,7 +104,9 @@ def test_a_byte_changed_in_transit_is_detected(make_lab, payload, tmp_path):
     lab = make_lab()
     lab.sh("c1", "echo 1 > /proc/sys/net/netfilter/nf_conntrack_acct")
     subprocess.run(lab.command("c1", ["nft", "-f", "-"]), input=CORRUPT, text=True, check=True)
-    data = payload(3_000_000)
+    # More than the socket buffers on the way hold, so that a is still
+    # sending when b gives up (with 3 MB, a could finish first and exit 0).
+    data = payload(30_000_000)
     runs = run_pair(lab, ["-w", "30"], stdin={"a": data, "b": b""}, env=with_secret())
     b = runs["b"]
     assert b.returncode == 1

@@ -9,17 +9,20 @@ import socket
 import threading
 
 import re
+import ssl
 import struct
+import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from punchcat import srp
-from punchcat.errors import LinkLost
+from punchcat.errors import LinkLost, PunchcatError
 from punchcat.handshake import FLAG_SECRET, Hello
 from punchcat.relay import relay
-from punchcat.secure import (AuthenticationFailed, SecureChannel, _context, generate_code,
-                             generate_secret, normalize_secret, secure)
+from punchcat.secure import (EXTENDED_MASTER_SECRET, AuthenticationFailed, SecureChannel,
+                             ServerHelloScan, _context, generate_code, generate_secret,
+                             normalize_secret, read_secret_file, secure, write_secret_file)
 
 LEADER, FOLLOWER = Hello(b"\xee" * 16, flags=FLAG_SECRET), Hello(b"\x11" * 16, flags=FLAG_SECRET)
 IDS = (LEADER.side_id, FOLLOWER.side_id)
@@ -350,3 +353,122 @@ def test_garbage_inside_tls_is_a_clean_failure(attack_the_leader, garbage):
     t.join(30)
     assert isinstance(out["victim"], AuthenticationFailed), out["victim"]
     tls.close()
+
+
+# -- TLS as tls-unique needs it; one deadline -----------------------------------------------
+def _tls_peer(sock, server: bool, ems: bool = True):
+    ctx = _context(server=server)
+    if not ems:
+        ctx.options |= 1                 # SSL_OP_NO_EXTENDED_MASTER_SECRET (OpenSSL 3)
+    return ctx.wrap_socket(sock, server_side=server, do_handshake_on_connect=False)
+
+
+@pytest.mark.parametrize("victim_leads", [True, False], ids=["victim leads", "victim follows"])
+def test_a_handshake_without_the_extended_master_secret_is_refused(victim_leads):
+    a, b = socket.socketpair()
+    out = {}
+
+    def victim():
+        local, peer = (LEADER, FOLLOWER) if victim_leads else (FOLLOWER, LEADER)
+        try:
+            out["victim"] = secure(a, "s", victim_leads, local.encode(), peer.encode(), b"")
+        except AuthenticationFailed as exc:
+            out["victim"] = exc
+        a.close()
+    t = threading.Thread(target=victim)
+    t.start()
+    tls = _tls_peer(b, server=victim_leads, ems=False)
+    try:
+        tls.do_handshake()
+        read_until_end(tls)
+    except (ssl.SSLError, OSError):
+        pass
+    t.join(30)
+    assert isinstance(out["victim"], AuthenticationFailed), out["victim"]
+    assert "extended master secret" in str(out["victim"])
+    tls.close()
+
+
+def test_the_server_hello_scan_finds_the_extension_however_the_bytes_come():
+    """A handshake between two SSL objects; the scanner is fed what the
+    server sends one byte at a time."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    from_client, from_server = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = _context(server=False).wrap_bio(to_client, from_client)
+    server = _context(server=True).wrap_bio(to_server, from_server, server_side=True)
+    scan = ServerHelloScan()
+    for _ in range(5):
+        for obj in (client, server):
+            try:
+                obj.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        to_server.write(from_client.read())
+        sent = from_server.read()
+        for i in range(len(sent)):
+            scan.feed(sent[i:i + 1])
+        to_client.write(sent)
+    assert scan.extensions is not None and EXTENDED_MASTER_SECRET in scan.extensions
+    without = ServerHelloScan()
+    without.feed(b"\x16\x03\x03\x00\x04\x0e\x00\x00\x00")     # a ServerHelloDone first
+    assert without.extensions == frozenset()
+
+
+def test_no_session_ticket_is_issued():
+    leader, follower = both_sides("s", "s")
+    assert not leader._obj.session.has_ticket
+    assert not leader._obj.session_reused
+
+
+def test_the_whole_authentication_has_one_deadline_however_slowly_the_peer_sends():
+    """One byte every 0.3 s used to restart a per-recv timeout each time."""
+    a, b = socket.socketpair()
+    hello = bytearray()
+    client = _context(server=False).wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO())
+    try:
+        client.do_handshake()
+    except ssl.SSLWantReadError:
+        hello += out.read()
+    stop = threading.Event()
+
+    def trickle():
+        for byte in hello:
+            if stop.wait(0.3):
+                return
+            try:
+                b.send(bytes([byte]))
+            except OSError:
+                return
+    threading.Thread(target=trickle, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(AuthenticationFailed, match="did not complete it within 1.5 s"):
+        secure(a, "s", False, FOLLOWER.encode(), LEADER.encode(), b"", timeout=1.5)
+    assert time.monotonic() - started < 2.5
+    stop.set()
+    a.close()
+    b.close()
+
+
+# -- secret files --------------------------------------------------------------------------
+def test_secret_files_are_read_like_ssh_keys(tmp_path):
+    path = tmp_path / "s"
+    path.write_bytes(b"  caf\xe9 secret \nsecond line\n")
+    path.chmod(0o600)
+    assert read_secret_file(str(path)) == b"caf\xe9 secret".decode("utf-8", "surrogateescape")
+    path.chmod(0o640)
+    with pytest.raises(PunchcatError, match="mode 0640"):
+        read_secret_file(str(path))
+    assert read_secret_file(str(path), insecure=True).startswith("caf")
+
+
+def test_a_written_secret_file_is_private_and_never_replaced(tmp_path):
+    path = tmp_path / "s"
+    old = os.umask(0)
+    try:
+        write_secret_file(str(path), "fresh")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "fresh\n" and (path.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(PunchcatError, match="exists"):
+        write_secret_file(str(path), "other")
+    assert path.read_text() == "fresh\n"

@@ -30,6 +30,7 @@ ports: :mod:`punchcat.traverse.candidates`.
 from __future__ import annotations
 
 import errno
+import os
 import random
 import selectors
 import socket
@@ -61,6 +62,7 @@ class SentinelPunch:
         self.unbindable: set[int] = set()
         self.schedule: SentinelSchedule | None = None
         self.sel: selectors.BaseSelector | None = None
+        self.foreign_users: set[int] = set()   # other users seen on our ports (warned)
 
     # -- the Technique interface --------------------------------------------
     def start(self, sel: selectors.BaseSelector, now: float) -> None:
@@ -152,6 +154,7 @@ class SentinelPunch:
             self.seen.ports = len(self.schedule.ports)
             self.seen.unbindable = len(self.unbindable)
             self.reporter.info(f"port {port} is in use here, skipped")
+            warn_foreign_port(self.reporter, port, self.foreign_users)
             return
         ttl = None if action.full else self.route.ttl_for(port)
         guarded = ttl is not None and sockopts.arm_sentinel(sock, ttl)
@@ -181,3 +184,16 @@ class SentinelPunch:
         self.sel.unregister(sock)
         if close:
             sock.close()                 # in SYN_SENT this sends nothing
+
+
+def warn_foreign_port(reporter, port: int, warned: set[int]) -> None:
+    """Say, without -v, that another user holds a candidate port: someone on
+    this host may be waiting to take the peer's connection (issue 15).
+    Once per user; the ports after the first are said with -v."""
+    others = sockopts.port_owners(port) - {os.geteuid()}
+    if others - warned:
+        reporter.warning(
+            f"candidate port {port} is held by another user here (uid "
+            f"{', '.join(map(str, sorted(others)))}): another program, or someone trying to "
+            f"take this connection; without a secret the peer cannot tell them from you")
+        warned |= others
