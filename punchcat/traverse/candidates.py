@@ -9,8 +9,10 @@ the article's ports takes them from here.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
+from .. import sockopts
 from ..schedule import active_ports
 
 #: How often the active ports are recomputed from the clock.
@@ -47,3 +49,16 @@ class ArticlePorts:
             self.reporter.info(f"buckets {' '.join(map(str, buckets))}: "
                                f"ports {' '.join(map(str, sorted(self.ports)))}")
         return True
+
+
+def warn_foreign_port(reporter, port: int, warned: set[int]) -> None:
+    """Say, without -v, that another user holds a candidate port: someone on
+    this host may be waiting to take the peer's connection.
+    Once per user; the ports after the first are said with -v."""
+    others = sockopts.port_owners(port) - {os.geteuid()}
+    if others - warned:
+        reporter.warning(
+            f"candidate port {port} is held by another user here (uid "
+            f"{', '.join(map(str, sorted(others)))}): another program, or someone trying to "
+            f"take this connection; without a secret the peer cannot tell them from you")
+        warned |= others

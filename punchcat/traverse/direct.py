@@ -28,7 +28,7 @@ import socket
 
 from .. import sockopts
 from . import Registration
-from .candidates import ArticlePorts
+from .candidates import ArticlePorts, warn_foreign_port
 from .diagnosis import Observations
 
 #: After the first round, one connect every this many seconds (ports in turn).
@@ -52,6 +52,7 @@ class DirectPunch:
         self.listeners: dict[int, socket.socket] = {}
         self.connecting: dict[int, tuple[socket.socket, float]] = {}   # port -> (sock, since)
         self.unbindable: set[int] = set()
+        self.foreign_users: set[int] = set()   # other users seen on our ports (warned)
         self.order: list[int] = []
         self.next_retry = 0.0
         self.sel: selectors.BaseSelector | None = None
@@ -130,6 +131,7 @@ class DirectPunch:
             self.unbindable.add(port)
             self.seen.unbindable = len(self.unbindable)
             self.reporter.info(f"port {port} is in use here, skipped")
+            warn_foreign_port(self.reporter, port, self.foreign_users)
             return
         self.listeners[port] = sock
         self.order.append(port)

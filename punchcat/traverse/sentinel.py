@@ -30,14 +30,13 @@ ports: :mod:`punchcat.traverse.candidates`.
 from __future__ import annotations
 
 import errno
-import os
 import random
 import selectors
 import socket
 
 from .. import sockopts
 from . import Registration
-from .candidates import ArticlePorts
+from .candidates import ArticlePorts, warn_foreign_port
 from .diagnosis import Observations
 from .hops import HopsResult
 from .tidy import Tidy
@@ -184,16 +183,3 @@ class SentinelPunch:
         self.sel.unregister(sock)
         if close:
             sock.close()                 # in SYN_SENT this sends nothing
-
-
-def warn_foreign_port(reporter, port: int, warned: set[int]) -> None:
-    """Say, without -v, that another user holds a candidate port: someone on
-    this host may be waiting to take the peer's connection (issue 15).
-    Once per user; the ports after the first are said with -v."""
-    others = sockopts.port_owners(port) - {os.geteuid()}
-    if others - warned:
-        reporter.warning(
-            f"candidate port {port} is held by another user here (uid "
-            f"{', '.join(map(str, sorted(others)))}): another program, or someone trying to "
-            f"take this connection; without a secret the peer cannot tell them from you")
-        warned |= others
