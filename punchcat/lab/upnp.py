@@ -372,7 +372,7 @@ _BOMB = (b'<?xml version="1.0"?>\n<!DOCTYPE root [<!ENTITY a "aaaaaaaaaa">'
 
 
 def serve_scripted(mode: str, listen: str, wan_address: str = "100.64.12.34",
-                   epoch_start: float | None = None) -> None:
+                   epoch_start: float | None = None, service_time: float = 0.06) -> None:
     """Answer NAT-PMP on *listen*:5351 until killed (run in the router
     namespace).  *mode*:
 
@@ -384,6 +384,10 @@ def serve_scripted(mode: str, listen: str, wan_address: str = "100.64.12.34",
     * ``garbage``: junk for every NAT-PMP/PCP request; also an SSDP answer
       on port 1900 pointing at an HTTP server on 5000 that serves an XML
       entity bomb, then a response with a forged LOCATION.
+    * ``slow``: like ``shared``, but a slow router: requests are answered
+      one at a time, in order, each after *service_time* seconds, and each
+      TCP mapping request is printed (``map PORT LIFETIME``) as carried out,
+      so a test can count them and replay the router's table.
     """
     import random
     import selectors
@@ -433,6 +437,9 @@ def serve_scripted(mode: str, listen: str, wan_address: str = "100.64.12.34",
                 continue
             if len(data) < 2:
                 continue
+            if mode == "slow":
+                time.sleep(service_time)
+                epoch = int(time.monotonic() - start)
             version, opcode = data[0], data[1]
             if version != 0:
                 sock.sendto(struct.pack("!BBHI", 0, 128, 1, epoch), addr)
@@ -446,6 +453,8 @@ def serve_scripted(mode: str, listen: str, wan_address: str = "100.64.12.34",
             elif opcode in (1, 2) and len(data) >= 12:
                 _, _, _, internal, external, lifetime = struct.unpack("!BBHHHI", data[:12])
                 result = 2 if mode == "errors" else 0
+                if mode == "slow" and opcode == 2:
+                    print(f"map {internal} {lifetime}", flush=True)
                 sock.sendto(struct.pack("!BBHIHHI", 0, 128 + opcode, result, epoch, internal,
                                         external if lifetime else 0, lifetime), addr)
             else:
