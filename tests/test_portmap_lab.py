@@ -231,6 +231,42 @@ def test_slow_router_maps_late_without_copies_and_gets_every_removal(lab):
     assert [p for p, lifetime in table.items() if lifetime] == []
 
 
+_ROLL = """
+import json, sys
+from punchcat.portmap.client import PortMapper
+old = PortMapper(range(40000, 40032)).start()
+assert len(old.wait(5).mappings) == 32
+new = PortMapper(range(40016, 40048)).start()
+assert len(new.wait(5).mappings) == 32
+old.close()
+print(json.dumps(old.status().notes), flush=True)
+sys.stdin.readline()
+new.close()
+print(json.dumps(new.status().notes), flush=True)
+"""
+
+
+@pytest.mark.parametrize("protocol", ["natpmp", "upnp", "pcp"])
+def test_ports_in_both_sets_stay_mapped_when_the_ports_roll(lab, protocol):
+    """When the clock rolls the candidate ports, punchcat starts a mapper for
+    the new set and removes the old one; half the ports are in both.  The
+    old one's removal used to delete those (NAT-PMP and UPnP remove by port)
+    while the new mapper counted them as mapped: now it leaves them."""
+    import json
+    import os
+    lab.start_miniupnpd(**ROUTERS[protocol])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = lab.popen("h", [sys.executable, "-c", _ROLL], stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, text=True, env=env)
+    old_notes = json.loads(proc.stdout.readline())
+    assert sorted(p for p, _, _ in lab.forwarded_ports()) == list(range(40016, 40048)), old_notes
+    assert not any("not confirmed" in n for n in old_notes), old_notes
+    new_notes = json.loads(proc.communicate("\n", timeout=10)[0])
+    assert any("removed 32 mappings" in n for n in new_notes), new_notes
+    assert lab.forwarded_ports() == []
+
+
 @pytest.mark.parametrize("mode", ["errors", "garbage"])
 def test_32_ports_against_a_broken_router_cost_nothing(lab, mode):
     start_scripted(lab, mode)

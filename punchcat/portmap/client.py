@@ -37,6 +37,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -68,6 +69,13 @@ UPNP_PARALLEL = 4
 PATIENCE = 5.0
 #: Renewals due within this many seconds of the first due one go with it.
 RENEW_TOGETHER = 1.0
+
+#: The engines of this process.  When the clock rolls the candidate ports,
+#: punchcat starts a mapper for the new set and removes the old one while
+#: half the ports are in both: the old one leaves those to the new one
+#: (NAT-PMP and UPnP remove by port, whoever asked; PCP by nonce).
+_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_ENGINES_LOCK = threading.Lock()
 
 
 # -- results -----------------------------------------------------------------
@@ -482,6 +490,8 @@ class Engine:
         self._changed: asyncio.Event | None = None
         self._throwaway: socket.socket | None = None
         self.stopping = False        # set when closing: start no new mapping requests
+        with _ENGINES_LOCK:
+            _ENGINES.add(self)
 
     # -- snapshot ------------------------------------------------------------
     def snapshot(self) -> PortmapStatus:
@@ -1091,6 +1101,28 @@ class Engine:
         return held, await self._map_one(m.protocol, m.gateway, port, deadline, held)
 
     # -- removal -------------------------------------------------------------
+    def wants(self, protocol: str, gw: str, port: int) -> bool:
+        """Whether this engine holds TCP *port* at *gw* by *protocol*, or has
+        asked for it, and is not removing its mappings (safe from any thread)."""
+        if self.stopping:
+            return False
+        with self._lock:
+            held = self._held.get(port)
+        if held is not None and (held.mapping.protocol, held.mapping.gateway) == (protocol, gw):
+            return True
+        if protocol == "upnp":
+            return (gw, port) in self._upnp_inflight or (gw, port) in self._upnp_uncertain
+        return (protocol, gw, port) in self._requested
+
+    def _wanted_elsewhere(self, protocol: str, gw: str, port: int) -> bool:
+        """Another engine of this process holds or asks for the same mapping
+        (NAT-PMP and UPnP remove by port; PCP removes by nonce, only ours)."""
+        if protocol == "pcp":
+            return False
+        with _ENGINES_LOCK:
+            others = [engine for engine in _ENGINES if engine is not self]
+        return any(engine.wants(protocol, gw, port) for engine in others)
+
     def upnp_inflight(self) -> bool:
         """Whether a UPnP mapping request is waiting for its answer."""
         return bool(self._upnp_inflight)
@@ -1193,18 +1225,21 @@ class Engine:
         UPnP one is deleted only if the router's entry forwards to us).  To
         a protocol that never answered at all, one datagram each, not waited
         for.  UPnP requests still in flight are given part of the time to
-        finish by :class:`PortMapper` first."""
+        finish by :class:`PortMapper` first.  A port that another engine of
+        this process holds or asks for too (the ports rolled) is left to it."""
         deadline = time.monotonic() + timeout
         self.stopping = True
         with self._lock:
             held = list(self._held.values())
             self._held.clear()
-        removals, what = [], []
+        removals, what, left = [], [], []
         done_keys = set()
         for h in held:
             m = h.mapping
             done_keys.add((m.protocol, m.gateway, m.internal_port))
-            if m.protocol == "pcp":
+            if self._wanted_elsewhere(m.protocol, m.gateway, m.internal_port):
+                left.append(m)
+            elif m.protocol == "pcp":
                 removals.append(self._pcp_delete(m.gateway, m.internal_port, h.nonce, deadline))
             elif m.protocol == "natpmp":
                 removals.append(self._natpmp_delete(m.gateway, m.internal_port, deadline))
@@ -1213,7 +1248,7 @@ class Engine:
             what.append(m)
         unsure, unsure_ports = [], []
         for (protocol, gw, port), nonce in list(self._requested.items()):
-            if (protocol, gw, port) in done_keys:
+            if (protocol, gw, port) in done_keys or self._wanted_elsewhere(protocol, gw, port):
                 continue
             if (protocol, gw) in self._heard:
                 unsure.append(self._remove_requested(protocol, gw, port, nonce, deadline))
@@ -1224,7 +1259,8 @@ class Engine:
             elif protocol == "natpmp":
                 _send_once(gw, natpmp.PORT, lambda _, p=port: natpmp.map_tcp_request(p, 0, 0))
         for (gw, port), external in list(self._upnp_uncertain.items()):
-            if ("upnp", gw, port) not in done_keys:
+            if (("upnp", gw, port) not in done_keys
+                    and not self._wanted_elsewhere("upnp", gw, port)):
                 unsure.append(self._upnp_delete_if_ours(gw, port, external, deadline))
                 unsure_ports.append(port)
         self._requested.clear()
@@ -1233,6 +1269,10 @@ class Engine:
         if self._throwaway is not None:
             self._throwaway.close()
             self._throwaway = None
+        if left:
+            self._note(f"{NAMES[left[0].protocol]}: TCP "
+                       f"{_ports(sorted(m.internal_port for m in left))} left mapped for the "
+                       "other mapper that holds them too")
         if not removals and not unsure:
             return
         results = await asyncio.gather(*removals, *unsure, return_exceptions=True)
