@@ -27,8 +27,9 @@ from .traverse.diagnosis import Observations, explain_all
 HELLO_TIMEOUT = 5.0
 #: The status line is redrawn this often.
 STATUS_INTERVAL = 1.0
-#: Longest wait for a tidy job at the end of a session.
-TIDY_WAIT = 2.0
+#: Longest wait for a tidy job at the end of a session (the sweep takes half
+#: a second, a slow router's confirmed removals a few seconds).
+TIDY_WAIT = 5.0
 
 
 @dataclass

@@ -223,9 +223,7 @@ def test_a_session_leaves_no_half_open_entries_in_the_routers(make_lab, payload,
     for router in ("ra", "rb"):
         table = lab.sh(router, "conntrack -L -p tcp 2>/dev/null")
         entries = re.findall(r"(\w+) src=\S+ dst=\S+ sport=(\d+)", table)
-        closed = [p for state, p in entries if state == "CLOSE" and int(p) in active]
         half_open = [p for state, p in entries if state.startswith("SYN_SENT") and int(p) in active]
-        assert len(closed) >= 20, table                          # the swept ports
         assert len(half_open) <= 1, table                        # was one per port (31)
 
 

@@ -560,6 +560,107 @@ def test_engine_rejects_bad_arguments():
         Engine([1], lifetime=0)
 
 
+# -- pacing: the window and retransmissions, against a loopback router ----------
+
+def test_window_is_first_come_first_served_and_bounded():
+    import time
+    from punchcat.portmap.client import _Window
+
+    async def main():
+        window = _Window(2)
+        far = time.monotonic() + 5
+        assert await window.acquire(far) and await window.acquire(far)
+        order = []
+
+        async def take(name):
+            if await window.acquire(time.monotonic() + 1):
+                order.append(name)
+        waiting = [asyncio.ensure_future(take(n)) for n in "abc"]
+        await asyncio.sleep(0.01)
+        # a waiter that gives up (deadline) or is cancelled holds no slot
+        assert not await window.acquire(time.monotonic() + 0.01)
+        waiting[1].cancel()
+        window.release()
+        window.release()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        assert order == ["a", "c"]
+        window.release()
+        window.release()
+        assert window.free == 2 and not window._waiters
+    asyncio.run(main())
+
+
+def _loopback_router(service: float, drop_first: bool = False):
+    """A UDP 'router' on 127.0.0.1 answering datagrams one at a time, in
+    order, each after *service* seconds (echoing them); the datagrams it got."""
+    import socket
+    import threading
+    import time
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    got = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(100)
+            except OSError:
+                continue
+            got.append(data)
+            if drop_first and len(got) == 1:
+                continue
+            time.sleep(service)
+            sock.sendto(data, addr)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def close():
+        stop.set()
+        thread.join()
+        sock.close()
+    return sock.getsockname()[1], got, close
+
+
+def _ask_four(port: int, pace) -> list:
+    import time
+    from punchcat.portmap.client import udp_exchange
+
+    async def main():
+        deadline = time.monotonic() + 3
+        ask = [udp_exchange("127.0.0.1", port, lambda _, i=i: b"req%d" % i,
+                            lambda d: d, deadline, pace) for i in range(4)]
+        return await asyncio.gather(*ask)
+    return asyncio.run(main())
+
+
+def test_a_busy_router_gets_no_copies():
+    """Four requests to a router that takes 0.1 s each: the last waits
+    0.4 s in its queue.  Paced, none is sent again while the router answers
+    older ones; unpaced, those still waiting at 0.25 s are copied."""
+    from punchcat.portmap.client import _Pace
+    port, got, close = _loopback_router(0.1)
+    try:
+        assert _ask_four(port, _Pace()) == [b"req0", b"req1", b"req2", b"req3"]
+        assert len(got) == 4
+        got.clear()
+        _ask_four(port, None)
+        assert len(got) > 4
+    finally:
+        close()
+
+
+def test_a_lost_request_is_still_sent_again():
+    from punchcat.portmap.client import _Pace
+    port, got, close = _loopback_router(0.05, drop_first=True)
+    try:
+        assert _ask_four(port, _Pace()) == [b"req0", b"req1", b"req2", b"req3"]
+        assert len(got) == 5
+    finally:
+        close()
+
+
 # -- the UPnP mapping logic against a scripted SOAP server on loopback ---------
 
 def _scripted_upnp(answers, version=1):

@@ -19,6 +19,12 @@ from conftest import REQUIRE_LAB
 pytestmark = pytest.mark.lab
 
 PORTS = [31234, 31235, 40000]
+#: punchcat maps its 32 candidate ports at every punch.
+PORTS_32 = list(range(40000, 40032))
+ROUTERS = {"pcp": dict(natpmp=False, pcp=True, upnp=False),
+           "natpmp": dict(natpmp=True, pcp=False, upnp=False),
+           "upnp": dict(natpmp=False, pcp=False, upnp=True),
+           "all": {}}
 
 
 @pytest.fixture
@@ -156,15 +162,119 @@ def test_igd_v1(lab):
     assert lab.forwarded_ports() == []
 
 
-def test_renewal_keeps_a_short_mapping(lab):
-    lab.start_miniupnpd(natpmp=True, pcp=False, upnp=False, min_lifetime=1)
-    client = LabClient(lab, PORTS[:1], lifetime=3)
-    assert client.status["mappings"][0]["lifetime"] == 3
-    time.sleep(7)        # two lifetimes: without renewal miniupnpd would drop it
-    assert (PORTS[0], HOST_IP, PORTS[0]) in lab.forwarded_ports()
+@pytest.mark.parametrize("protocol", ["natpmp", "pcp", "upnp"])
+def test_renewal_keeps_32_short_mappings(lab, protocol):
+    lab.start_miniupnpd(**ROUTERS[protocol], min_lifetime=1)
+    client = LabClient(lab, PORTS_32, lifetime=3)
+    assert [m["lifetime"] for m in client.status["mappings"]] == [3] * 32, client.status["lines"]
+    time.sleep(7)        # two lifetimes: without renewal the router would drop them
+    assert sorted(lab.forwarded_ports()) == [(p, HOST_IP, p) for p in PORTS_32]
     final = client.close()
     assert not any("failed" in line for line in final["lines"]), final["lines"]
     assert lab.forwarded_ports() == []
+
+
+@pytest.mark.parametrize("offered", ["pcp", "natpmp", "upnp", "all"])
+def test_32_ports_mapped_at_once_and_all_removed(lab, offered):
+    """All 32 candidate ports mapped in the first round and every one of
+    them removed, confirmed, by close() (before: against a router slowed to
+    a few requests a second, about half were mapped within the round, the
+    rest failed while the router still carried them out, and 20-28 were
+    left; a burst of 32 UPnP removals overflowed miniupnpd's listen backlog
+    of 5 even against a fast one)."""
+    lab.start_miniupnpd(**ROUTERS[offered])
+    client = LabClient(lab, PORTS_32)
+    status = client.status
+    assert status["protocol"] == ("pcp" if offered == "all" else offered), status["lines"]
+    got = {m["internal_port"]: m["external_port"] for m in status["mappings"]}
+    assert got == {p: p for p in PORTS_32}, status["lines"]
+    assert status["failures"] == [] and status["elapsed"] < 1.0
+    assert sorted(lab.forwarded_ports()) == [(p, HOST_IP, p) for p in PORTS_32]
+    final = client.close()
+    assert final["close_took"] < 1.0
+    assert lab.forwarded_ports() == []
+    assert lab.sh("r", "nft list chain inet filter miniupnpd").count("accept") == 0
+    assert any("removed 32 mappings" in line for line in final["lines"]), final["lines"]
+    assert not any("not confirmed" in line for line in final["lines"]), final["lines"]
+
+
+def test_slow_router_maps_late_without_copies_and_gets_every_removal(lab):
+    """A router that answers one request at a time, 50 ms each (miniupnpd on
+    a slow box): the first round (1 s) gets part of the 32 ports, the rest
+    come late and are recorded; a request waiting in the router's queue is
+    not sent again (the router carries out no copies, where retransmitting
+    every 0.25 s, 0.5 s, … tripled its work); close() returns in time, and
+    the removals it sent all reach the router, which carries them out after
+    close() has given up waiting (its table, replayed, ends empty)."""
+    service = 0.05
+    responder = start_scripted(lab, "slow", wan_address=ROUTER_WAN_IP, service_time=service)
+    client = LabClient(lab, PORTS_32)
+    status = client.status
+    assert status["protocol"] == "natpmp", status["lines"]
+    assert 5 <= len(status["mappings"]) < 32 and status["elapsed"] < 1.3, status["lines"]
+    assert any("still asking" in line for line in status["lines"]), status["lines"]
+    time.sleep(32 * service)                 # the rest, late
+    final = client.close()
+    assert final["close_took"] < 1.3
+    assert any("late" in line for line in final["lines"]), final["lines"]
+    time.sleep(32 * service + 0.5)           # the router works through the removals
+    responder.kill()
+    table: dict[int, int] = {}
+    asked = 0
+    for line in responder.stdout.read().split("\n"):
+        if line.startswith("map "):
+            _, port, lifetime = line.split()
+            asked += int(lifetime) > 0
+            table[int(port)] = int(lifetime)
+    assert sorted(table) == PORTS_32
+    assert asked <= 32 + 2, asked            # (a copy or two if a datagram is slow)
+    assert [p for p, lifetime in table.items() if lifetime] == []
+
+
+_ROLL = """
+import json, sys
+from punchcat.portmap.client import PortMapper
+old = PortMapper(range(40000, 40032)).start()
+assert len(old.wait(5).mappings) == 32
+new = PortMapper(range(40016, 40048)).start()
+assert len(new.wait(5).mappings) == 32
+old.close()
+print(json.dumps(old.status().notes), flush=True)
+sys.stdin.readline()
+new.close()
+print(json.dumps(new.status().notes), flush=True)
+"""
+
+
+@pytest.mark.parametrize("protocol", ["natpmp", "upnp", "pcp"])
+def test_ports_in_both_sets_stay_mapped_when_the_ports_roll(lab, protocol):
+    """When the clock rolls the candidate ports, punchcat starts a mapper for
+    the new set and removes the old one; half the ports are in both.  The
+    old one's removal used to delete those (NAT-PMP and UPnP remove by port)
+    while the new mapper counted them as mapped: now it leaves them."""
+    import json
+    import os
+    lab.start_miniupnpd(**ROUTERS[protocol])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = lab.popen("h", [sys.executable, "-c", _ROLL], stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, text=True, env=env)
+    old_notes = json.loads(proc.stdout.readline())
+    assert sorted(p for p, _, _ in lab.forwarded_ports()) == list(range(40016, 40048)), old_notes
+    assert not any("not confirmed" in n for n in old_notes), old_notes
+    new_notes = json.loads(proc.communicate("\n", timeout=10)[0])
+    assert any("removed 32 mappings" in n for n in new_notes), new_notes
+    assert lab.forwarded_ports() == []
+
+
+@pytest.mark.parametrize("mode", ["errors", "garbage"])
+def test_32_ports_against_a_broken_router_cost_nothing(lab, mode):
+    start_scripted(lab, mode)
+    client = LabClient(lab, PORTS_32)
+    status = client.status
+    assert status["mappings"] == [] and status["elapsed"] < 0.5 + 0.3, status["lines"]
+    assert all(line.isprintable() for line in status["lines"])
+    assert client.close()["close_took"] < 0.3
 
 
 def test_whoami_reports_the_routers_wan_address(lab):
@@ -174,6 +284,23 @@ def test_whoami_reports_the_routers_wan_address(lab):
     assert {r[0] for r in report["reported"]} == {"pcp", "natpmp", "upnp"}
     assert report["elapsed"] < 1.0
     assert lab.forwarded_ports() == []           # PCP's throwaway mapping is gone
+
+
+def test_pcp_probe_whose_answer_is_lost_is_removed(lab):
+    """PCP has no address query: the probe maps a port (the first one; for
+    whoami, a throwaway one) to learn the public address.  When the router
+    carries it out but the answer is lost, another protocol is used, and the
+    probe's mapping used to stay until its lease ended (measured: whoami left
+    its throwaway port forwarded)."""
+    lab.start_miniupnpd()
+    lab.sh("r", "nft add table inet lost; "
+                "nft 'add chain inet lost out { type filter hook output priority 0; }'; "
+                "nft add rule inet lost out udp sport 5351 @th,64,8 2 drop")   # PCP answers
+    report = lab_whoami(lab)
+    assert report["public_ipv4"] == ROUTER_WAN_IP and report["elapsed"] < 1.0
+    assert any(line.startswith("PCP") and "no answer" in line for line in report["lines"])
+    time.sleep(0.2)
+    assert lab.forwarded_ports() == []
 
 
 def test_whoami_shared_address_warns_of_another_nat(lab):

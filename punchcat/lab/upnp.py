@@ -271,7 +271,7 @@ class Miniupnpd:
 def start_miniupnpd(router_ns: str, wan_if: str, lan_if: str, lan_subnet: str, *,
                     natpmp: bool = True, pcp: bool = True, upnp: bool = True,
                     igd_v1: bool = False, min_lifetime: int = 120,
-                    ready_timeout: float = 5.0) -> Miniupnpd:
+                    ready_timeout: float = 5.0, console_log: bool = False) -> Miniupnpd:
     """Run miniupnpd in namespace *router_ns* and wait until it listens.
 
     *wan_if* must carry a non-reserved IPv4 address.  The ``table inet
@@ -280,6 +280,8 @@ def start_miniupnpd(router_ns: str, wan_if: str, lan_if: str, lan_subnet: str, *
     miniupnpd, see the module docstring), *upnp* the SSDP/HTTP side,
     *igd_v1* makes it describe itself as IGD v1 (no AddAnyPortMapping).
     ``secure_mode`` is on and only *lan_subnet* may map ports 1024-65535.
+    *console_log* lets its syslog lines reach ``/dev/console`` as they
+    would by default (slow on a serial console: a slow router on purpose).
     """
     if not (natpmp or pcp or upnp):
         raise ValueError("enable at least one of natpmp, pcp, upnp")
@@ -330,10 +332,20 @@ table inet pcpm_filter {{
     log_path = os.path.join(workdir, "log")
     binary = shutil.which("miniupnpd") or "/usr/sbin/miniupnpd"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            netns_exec(router_ns, [binary, "-f", conf_path, "-d",
-                                   "-P", os.path.join(workdir, "pid")]),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        argv = [binary, "-f", conf_path, "-d", "-P", os.path.join(workdir, "pid")]
+        if not console_log:
+            # -d logs at debug level to stderr *and* to syslog; with no
+            # /dev/log, glibc's syslog (LOG_CONS) writes every line to
+            # /dev/console.  On a VM with a serial console that throttles
+            # miniupnpd to the serial line (measured: 32 NAT-PMP requests
+            # took 2.7-4.4 s instead of 0.1 s, each request logging a line
+            # per existing rule) and spams the machine's console.  So the
+            # daemon gets a private mount namespace whose /dev/console is
+            # /dev/null; its stderr (the log file) keeps every line.
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind /dev/null /dev/console 2>/dev/null; exec "$0" "$@"', *argv]
+        proc = subprocess.Popen(netns_exec(router_ns, argv),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     daemon = Miniupnpd(router_ns, proc, workdir, config, log_path)
     deadline = time.monotonic() + ready_timeout
     want = []
@@ -360,7 +372,7 @@ _BOMB = (b'<?xml version="1.0"?>\n<!DOCTYPE root [<!ENTITY a "aaaaaaaaaa">'
 
 
 def serve_scripted(mode: str, listen: str, wan_address: str = "100.64.12.34",
-                   epoch_start: float | None = None) -> None:
+                   epoch_start: float | None = None, service_time: float = 0.06) -> None:
     """Answer NAT-PMP on *listen*:5351 until killed (run in the router
     namespace).  *mode*:
 
@@ -372,6 +384,10 @@ def serve_scripted(mode: str, listen: str, wan_address: str = "100.64.12.34",
     * ``garbage``: junk for every NAT-PMP/PCP request; also an SSDP answer
       on port 1900 pointing at an HTTP server on 5000 that serves an XML
       entity bomb, then a response with a forged LOCATION.
+    * ``slow``: like ``shared``, but a slow router: requests are answered
+      one at a time, in order, each after *service_time* seconds, and each
+      TCP mapping request is printed (``map PORT LIFETIME``) as carried out,
+      so a test can count them and replay the router's table.
     """
     import random
     import selectors
@@ -421,6 +437,9 @@ def serve_scripted(mode: str, listen: str, wan_address: str = "100.64.12.34",
                 continue
             if len(data) < 2:
                 continue
+            if mode == "slow":
+                time.sleep(service_time)
+                epoch = int(time.monotonic() - start)
             version, opcode = data[0], data[1]
             if version != 0:
                 sock.sendto(struct.pack("!BBHI", 0, 128, 1, epoch), addr)
@@ -434,6 +453,8 @@ def serve_scripted(mode: str, listen: str, wan_address: str = "100.64.12.34",
             elif opcode in (1, 2) and len(data) >= 12:
                 _, _, _, internal, external, lifetime = struct.unpack("!BBHHHI", data[:12])
                 result = 2 if mode == "errors" else 0
+                if mode == "slow" and opcode == 2:
+                    print(f"map {internal} {lifetime}", flush=True)
                 sock.sendto(struct.pack("!BBHIHHI", 0, 128 + opcode, result, epoch, internal,
                                         external if lifetime else 0, lifetime), addr)
             else:

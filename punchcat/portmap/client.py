@@ -14,19 +14,30 @@ The punch never waits on it.  The coroutines underneath (:class:`Engine`)
 can be driven by any asyncio loop directly.
 
 Every network wait is bounded: discovery by ``discovery_timeout`` (0.5 s by
-default), each mapping request by ``request_timeout``, removal by
-``close(timeout)``.  Only the default gateway(s) from /proc/net/route are
-asked; SSDP answers and description URLs that point elsewhere are ignored.
+default), the first round of mapping by ``request_timeout`` (what is still
+unanswered then goes on in the background, up to :data:`PATIENCE`, and is
+recorded when it comes), removal by ``close(timeout)``.  Only the default
+gateway(s) from /proc/net/route are asked; SSDP answers and description URLs
+that point elsewhere are ignored.
+
+A router answers one request at a time (miniupnpd: one thread; the lab's
+took 2 ms per PCP or NAT-PMP request and 5 ms per UPnP one), and punchcat
+asks for 32 ports at every punch.  So requests are paced per gateway: a few
+at a time (:data:`UDP_WINDOW`, :data:`UPNP_PARALLEL`), none retransmitted
+while the router is still answering older ones, and removal confirmed by the
+router, including of what requests whose answer never came may have mapped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import os
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -35,6 +46,8 @@ from .common import MalformedResponse, classify_ipv4, escape
 from .local import default_gateways, global_ipv6_addresses
 
 PROTOCOLS = ("pcp", "natpmp", "upnp")
+#: The failure of a port whose request is still waiting for an answer.
+STILL_ASKING = "no answer yet (still asking)"
 NAMES = {"pcp": "PCP", "natpmp": "NAT-PMP", "upnp": "UPnP"}
 #: First retransmission of a UDP request (RFC 6886 says 250 ms; RFC 6887's 3 s
 #: would never retransmit within a sub-second discovery), doubled each time.
@@ -42,7 +55,27 @@ RETRY = 0.25
 MAX_GATEWAYS = 3
 #: Once a protocol has answered, how long a better one still pending is waited for.
 GRACE = 0.1
+#: PCP and NAT-PMP requests waiting for an answer from one gateway at once.
+#: A router answers them one by one (miniupnpd: one socket, one thread, a few
+#: ms each): a deeper queue maps no faster, and what is sent later (removal
+#: at close) would wait behind it.
+UDP_WINDOW = 8
+#: UPnP requests to one gateway at once: miniupnpd listens with a backlog of
+#: 5, and a connection beyond it waits for a SYN retransmission (1 s).
 UPNP_PARALLEL = 4
+#: A mapping request still unanswered when the first round ends
+#: (``request_timeout``) goes on being retransmitted until this many seconds
+#: after the round began; a mapping that comes late is recorded like any other.
+PATIENCE = 5.0
+#: Renewals due within this many seconds of the first due one go with it.
+RENEW_TOGETHER = 1.0
+
+#: The engines of this process.  When the clock rolls the candidate ports,
+#: punchcat starts a mapper for the new set and removes the old one while
+#: half the ports are in both: the old one leaves those to the new one
+#: (NAT-PMP and UPnP remove by port, whoever asked; PCP by nonce).
+_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_ENGINES_LOCK = threading.Lock()
 
 
 # -- results -----------------------------------------------------------------
@@ -135,12 +168,88 @@ def _remaining(deadline: float) -> float:
     return deadline - time.monotonic()
 
 
+class _Window:
+    """At most *size* holders at once, first come first served; waiting is
+    bounded by a deadline and safe to cancel."""
+
+    def __init__(self, size: int):
+        self.free = size
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def acquire(self, deadline: float) -> bool:
+        """True once held (then :meth:`release`), False if *deadline* came first."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        if _remaining(deadline) <= 0:
+            return False
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(_remaining(deadline),
+                                lambda: waiter.done() or waiter.set_result(False))
+        try:
+            granted = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self.release()              # granted, but we are cancelled
+            self._forget(waiter)
+            raise
+        finally:
+            timer.cancel()
+        if not granted:
+            self._forget(waiter)
+        return granted
+
+    def _forget(self, waiter: asyncio.Future) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self.free += 1
+
+
+class _Pace:
+    """The requests to one gateway's UDP service (PCP and NAT-PMP share port
+    5351).  At most :data:`UDP_WINDOW` wait for an answer at once, and a
+    request is not retransmitted while the router is still answering older
+    ones: a router answers in order, so it is late, not lost, and a copy
+    would only lengthen the queue (measured against a slow miniupnpd: copies
+    every 0.25 s, 0.5 s, … tripled its work and pushed removal past close)."""
+
+    def __init__(self) -> None:
+        self.window = _Window(UDP_WINDOW)
+        self.sent = 0                           # requests numbered as first sent
+        self.answered = (0, -float("inf"))      # (number, when) of the latest answer
+
+    def number(self) -> int:
+        self.sent += 1
+        return self.sent
+
+    def busy_before(self, number: int, now: float, interval: float) -> bool:
+        """The router answered a request sent before request *number* less
+        than *interval* ago: it is still working through the queue."""
+        latest, when = self.answered
+        return latest < number and now - when < interval
+
+
 async def udp_exchange(gateway: str, port: int, build: Callable[[str], bytes],
-                       parse: Callable[[bytes], object], deadline: float) -> object:
+                       parse: Callable[[bytes], object], deadline: float,
+                       pace: _Pace | None = None,
+                       resend: Callable[[], bool] | None = None) -> object:
     """Send ``build(our address)`` to *gateway*:*port*, retransmitting after
     0.25 s, 0.5 s, …, until ``parse`` accepts an answer from it or
     *deadline* (monotonic) passes.  Datagrams that do not parse are skipped
-    (and reported if nothing better comes)."""
+    (and reported if nothing better comes).  With *pace*, a retransmission
+    waits while the gateway is answering older requests; *resend* (if
+    given) says whether retransmitting is still wanted."""
     loop = asyncio.get_running_loop()
     if _remaining(deadline) <= 0:
         raise _NoAnswer("silent", "no time left to ask")
@@ -154,16 +263,23 @@ async def udp_exchange(gateway: str, port: int, build: Callable[[str], bytes],
         payload = build(local)
         garbage: str | None = None
         interval = RETRY
+        number = pace.number() if pace is not None else 0
         transport.sendto(payload)
         next_send = time.monotonic() + interval
         while True:
-            wait = min(next_send, deadline) - time.monotonic()
+            now = time.monotonic()
+            wait = min(next_send, deadline) - now
             if wait <= 0:
-                if time.monotonic() >= deadline:
+                if now >= deadline:
                     break
-                interval *= 2
-                transport.sendto(payload)
-                next_send = time.monotonic() + interval
+                if pace is not None and pace.busy_before(number, now, interval):
+                    next_send = pace.answered[1] + interval
+                elif resend is None or resend():
+                    interval *= 2
+                    transport.sendto(payload)
+                    next_send = time.monotonic() + interval
+                else:
+                    next_send = deadline
                 continue
             try:
                 data, _ = await asyncio.wait_for(proto.queue.get(), wait)
@@ -174,9 +290,13 @@ async def udp_exchange(gateway: str, port: int, build: Callable[[str], bytes],
             if isinstance(data, OSError):
                 raise _NoAnswer("error", f"network error: {data.strerror or data}")
             try:
-                return parse(data)
+                result = parse(data)
             except MalformedResponse as e:
                 garbage = escape(e)
+                continue
+            if pace is not None:
+                pace.answered = (number, time.monotonic())
+            return result
         if garbage is not None:
             raise _NoAnswer("garbage", f"unusable answer ({garbage})")
         raise _NoAnswer("silent", "no answer")
@@ -186,8 +306,12 @@ async def udp_exchange(gateway: str, port: int, build: Callable[[str], bytes],
 
 async def http_exchange(host: str, port: int, request: bytes, limit: int,
                         deadline: float) -> tuple[upnp.HttpResponse, str]:
-    """One HTTP request on a fresh connection: (response, our address)."""
+    """One HTTP request on a fresh connection: (response, our address).
+    Given up on (deadline, cancelled), the connection is closed, not reset:
+    a slow router still reads and carries out the request (a removal at
+    close matters most)."""
     writer = None
+    answered = False
     try:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
@@ -201,6 +325,7 @@ async def http_exchange(host: str, port: int, request: bytes, limit: int,
                 buffer += chunk
                 response = upnp.parse_http_response(buffer, not chunk, limit)
                 if response is not None:
+                    answered = True
                     return response, local
         except asyncio.TimeoutError:
             raise _NoAnswer("silent", f"no HTTP answer from {host}:{port} in time") from None
@@ -212,7 +337,10 @@ async def http_exchange(host: str, port: int, request: bytes, limit: int,
             raise _NoAnswer("error", f"HTTP: {escape(e.strerror or e)}") from None
     finally:
         if writer is not None:
-            writer.transport.abort()
+            if answered or writer.transport.is_closing():
+                writer.transport.abort()
+            else:
+                writer.transport.close()
 
 
 async def ssdp_search(gateway: str, deadline: float) -> upnp.SsdpResponse:
@@ -348,13 +476,22 @@ class Engine:
         self._igd: dict[str, _Igd] = {}
         self._natpmp_epoch: dict[str, tuple[int, float]] = {}
         self._pcp_epoch: dict[str, tuple[int, float]] = {}
-        self._pcp_probe: dict[str, tuple[int, bytes, str]] = {}   # gw -> (port, nonce, local)
-        self._requested: dict[tuple[str, str, int], bytes | None] = {}   # (proto, gw, port) -> nonce
+        self._pcp_probe: dict[str, tuple[int, bytes]] = {}   # gw -> (port, nonce), once sent
+        self._dropped_probes: set[str] = set()               # gateways whose probe is not kept
+        # Sent and possibly mapped, until removed: (protocol, gw, port) -> PCP nonce
+        self._requested: dict[tuple[str, str, int], bytes | None] = {}
+        self._heard: set[tuple[str, str]] = set()            # (protocol, gw) that answered
         self._upnp_inflight: set[tuple[str, int]] = set()
+        # UPnP AddPortMapping sent, answer unknown: (gw, internal port) -> external port
+        self._upnp_uncertain: dict[tuple[str, int], int] = {}
         self._probe_held: dict[str, _Held] = {}
+        self._paces: dict[tuple[str, int], _Pace] = {}
+        self._upnp_windows: dict[str, _Window] = {}
         self._changed: asyncio.Event | None = None
         self._throwaway: socket.socket | None = None
         self.stopping = False        # set when closing: start no new mapping requests
+        with _ENGINES_LOCK:
+            _ENGINES.add(self)
 
     # -- snapshot ------------------------------------------------------------
     def snapshot(self) -> PortmapStatus:
@@ -433,6 +570,9 @@ class Engine:
                 probe = {"pcp": self._probe_pcp, "natpmp": self._probe_natpmp,
                          "upnp": self._probe_upnp}[protocol]
                 probes.append(asyncio.ensure_future(self._guard(protocol, gw, probe(gw, deadline))))
+        chosen = None
+        drop: asyncio.Future | None = None
+        late: dict[int, asyncio.Future] = {}
         try:
             if map_ports:
                 chosen = await self._choose(deadline)
@@ -443,7 +583,10 @@ class Engine:
                             self._failures[port] = "no router offered to map it"
                 self._update()
                 if chosen is not None:
-                    await self._map_all(*chosen)
+                    # The PCP probes' mappings not kept go first (a router
+                    # answers in order), then every port is asked for.
+                    drop = asyncio.ensure_future(self._drop_unused_pcp_probes(chosen))
+                    late = await self._map_all(*chosen)
                 else:               # the deadline has passed: every probe is over
                     await asyncio.gather(*probes, return_exceptions=True)
                     self._warn_about_addresses()
@@ -454,10 +597,20 @@ class Engine:
             # port we do not keep is removed once it is over.
             await asyncio.gather(*probes, return_exceptions=True)
             self._warn_about_addresses()
-            await self._drop_unused_pcp_probes()
+            if drop is None:
+                await self._drop_unused_pcp_probes(chosen)
+            if late:
+                await self._finish_late(chosen[0], chosen[1], late)
+            if drop is not None:
+                await drop
         finally:
-            for task in probes:
+            # (awaited: a UPnP request cancelled in flight records what it
+            # may have mapped, for remove_all, which may come next)
+            pending = [t for t in [*probes, *late.values(), *([drop] if drop else [])]
+                       if not t.done()]
+            for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             with self._lock:
                 self._finished = True
             self._update()
@@ -533,22 +686,24 @@ class Engine:
 
         def build(local: str) -> bytes:
             local_box.append(local)
+            self._requested[("pcp", gw, port)] = nonce      # sent: it may map
+            if probe:
+                self._pcp_probe[gw] = (port, nonce)
             return pcp.map_request(local, port, nonce, lifetime, suggested)
 
-        self._requested[("pcp", gw, port)] = nonce
-        if probe:
-            self._pcp_probe[gw] = (port, nonce, "")
         try:
-            response = await udp_exchange(gw, pcp.PORT, build,
-                                          lambda d: pcp.parse_map_response(d, nonce, port), deadline)
+            response = await self._udp(
+                gw, pcp.PORT, build, lambda d: pcp.parse_map_response(d, nonce, port), deadline,
+                resend=(lambda: gw not in self._dropped_probes) if probe else None)
         except _NoAnswer as e:
             return f"{e.outcome}\0{e.text}"
-        if probe:
-            self._pcp_probe[gw] = (port, nonce, local_box[0])
         self._check_epoch("pcp", gw, response.epoch)
         if response.version == 0:
+            self._nothing_mapped("pcp", gw, port, nonce, held)
             return "refused\0the router speaks NAT-PMP only (PCP: unsupported version)"
+        self._heard.add(("pcp", gw))
         if not response.ok:
+            self._nothing_mapped("pcp", gw, port, nonce, held)
             return f"refused\0refused: {pcp.result_text(response.result)}"
         mapping = Mapping("pcp", gw, port, response.external_port, response.external_address,
                           response.lifetime)
@@ -557,13 +712,47 @@ class Engine:
             address = response.external_address
             text = f"public address {address}" if self.ports else f"public address {address} (from a throwaway mapping, removed)"
             self._answer(Answer("pcp", gw, "ok", address, text))
-            if self.ports:
+            if self.ports and gw not in self._dropped_probes:
                 self._probe_held[gw] = held
         return held
 
+    def _nothing_mapped(self, protocol: str, gw: str, port: int, nonce: bytes | None,
+                        held: _Held | None) -> None:
+        """A first request was refused: it mapped nothing, nothing to remove."""
+        if held is None and self._requested.get((protocol, gw, port), b"") == nonce:
+            del self._requested[(protocol, gw, port)]
+
+    def _pace(self, gw: str, port: int) -> _Pace:
+        pace = self._paces.get((gw, port))
+        if pace is None:
+            pace = self._paces[(gw, port)] = _Pace()
+        return pace
+
+    async def _udp(self, gw: str, port: int, build: Callable[[str], bytes],
+                   parse: Callable[[bytes], object], deadline: float, *, mapping: bool = True,
+                   resend: Callable[[], bool] | None = None) -> object:
+        """:func:`udp_exchange` paced for the gateway (:class:`_Pace`).  A
+        mapping request waits for its turn in the window (and is not sent once
+        closing); a removal does not: removals come last, and all of them
+        reach the router's queue at once, where it works through them even
+        after we stopped waiting (a slow router at close)."""
+        pace = self._pace(gw, port)
+        if not mapping:
+            return await udp_exchange(gw, port, build, parse, deadline, pace, resend)
+        if not await pace.window.acquire(deadline):
+            raise _NoAnswer("silent", "not asked in time: the router was still answering "
+                                      "earlier requests")
+        try:
+            if self.stopping:
+                raise _NoAnswer("silent", "closed before it was asked for")
+            return await udp_exchange(gw, port, build, parse, deadline, pace, resend)
+        finally:
+            pace.window.release()
+
     async def _probe_natpmp(self, gw: str, deadline: float) -> None:
-        response = await udp_exchange(gw, natpmp.PORT, lambda _: natpmp.external_address_request(),
-                                      _natpmp_parser(natpmp.AddressResponse, None), deadline)
+        response = await self._udp(gw, natpmp.PORT, lambda _: natpmp.external_address_request(),
+                                   _natpmp_parser(natpmp.AddressResponse, None), deadline)
+        self._heard.add(("natpmp", gw))
         self._check_epoch("natpmp", gw, response.epoch)
         if not response.ok:
             raise _NoAnswer("refused", f"refused: {natpmp.result_text(response.result)}")
@@ -620,17 +809,48 @@ class Engine:
         return False
 
     # -- mapping -------------------------------------------------------------
-    async def _map_all(self, protocol: str, gw: str) -> None:
-        deadline = time.monotonic() + self.request_timeout
-        semaphore = asyncio.Semaphore(UPNP_PARALLEL if protocol == "upnp" else 64)
+    async def _map_all(self, protocol: str, gw: str) -> dict[int, asyncio.Future]:
+        """Ask for every port (as many at once as the gateway's window lets
+        through); return once all are answered or the first round
+        (``request_timeout``) is over, with the requests still going on."""
+        give_up = time.monotonic() + max(PATIENCE, self.request_timeout)
 
         async def one(port: int) -> None:
-            async with semaphore:
-                result = await self._map_one(protocol, gw, port, deadline)
+            result = await self._map_one(protocol, gw, port, give_up)
             self._record(protocol, gw, port, result)
 
-        await asyncio.gather(*(one(p) for p in self.ports), return_exceptions=True)
+        tasks = {port: asyncio.ensure_future(one(port)) for port in self.ports}
+        try:
+            await asyncio.wait(tasks.values(), timeout=self.request_timeout)
+        except BaseException:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            raise
+        late = {port: task for port, task in tasks.items() if not task.done()}
+        with self._lock:
+            for port in late:
+                self._failures[port] = STILL_ASKING
         self._summarise(protocol, gw)
+        return late
+
+    async def _finish_late(self, protocol: str, gw: str, late: dict[int, asyncio.Future]) -> None:
+        """Wait for the requests that outlived the first round; say what they got."""
+        began = time.monotonic()
+        await asyncio.gather(*late.values(), return_exceptions=True)
+        with self._lock:
+            mapped = sorted(p for p in late if p in self._held)
+            failed = {p: self._failures.get(p, "") for p in late if p not in self._held}
+        lines = []
+        if mapped:
+            lines.append(f"{NAMES[protocol]}: gateway {gw} mapped TCP {_ports(mapped)} late "
+                         f"(within {self.request_timeout + time.monotonic() - began:.1f} s)")
+        for port, why in sorted(failed.items()):
+            lines.append(f"{NAMES[protocol]}: gateway {gw} did not map TCP {port}: {why}")
+        if lines:
+            with self._lock:
+                self._notes.extend(lines)
+            self._update()
 
     async def _map_one(self, protocol: str, gw: str, port: int, deadline: float,
                        held: _Held | None = None) -> _Held | str:
@@ -649,20 +869,44 @@ class Engine:
     async def _natpmp_map(self, gw: str, port: int, deadline: float,
                           held: _Held | None) -> _Held | str:
         suggested = held.mapping.external_port if held else port
-        self._requested[("natpmp", gw, port)] = None
+
+        def build(_: str) -> bytes:
+            self._requested[("natpmp", gw, port)] = None      # sent: it may map
+            return natpmp.map_tcp_request(port, suggested, self.lifetime)
+
         try:
-            response = await udp_exchange(
-                gw, natpmp.PORT, lambda _: natpmp.map_tcp_request(port, suggested, self.lifetime),
-                _natpmp_parser(natpmp.MapResponse, port), deadline)
+            response = await self._udp(gw, natpmp.PORT, build,
+                                       _natpmp_parser(natpmp.MapResponse, port), deadline)
         except _NoAnswer as e:
             return e.text
+        self._heard.add(("natpmp", gw))
         self._check_epoch("natpmp", gw, response.epoch)
         if not response.ok:
+            self._nothing_mapped("natpmp", gw, port, None, held)
             return f"refused: {natpmp.result_text(response.result)}"
         address = self._answers.get(("natpmp", gw))
         return _Held(Mapping("natpmp", gw, port, response.external_port,
                              address.public_address if address else None, response.lifetime),
                      time.monotonic())
+
+    def _upnp_window(self, gw: str) -> _Window:
+        window = self._upnp_windows.get(gw)
+        if window is None:
+            window = self._upnp_windows[gw] = _Window(UPNP_PARALLEL)
+        return window
+
+    async def _soap(self, gw: str, service: upnp.Service, request: bytes, action: str,
+                    deadline: float) -> upnp.SoapResult:
+        """One SOAP call through the gateway's window."""
+        window = self._upnp_window(gw)
+        if not await window.acquire(deadline):
+            raise _NoAnswer("silent", "not asked in time: the router was still answering "
+                                      "earlier requests")
+        try:
+            result, _ = await soap_call(service, request, action, deadline)
+            return result
+        finally:
+            window.release()
 
     async def _upnp_map(self, gw: str, port: int, deadline: float,
                         held: _Held | None) -> _Held | str:
@@ -671,14 +915,27 @@ class Engine:
         external = held.mapping.external_port if held else port
         lease = held.mapping.lifetime if held else self.lifetime
         address = self._answers[("upnp", gw)].public_address
+        window = self._upnp_window(gw)
+        if not await window.acquire(deadline):
+            return "not asked in time: the router was still answering earlier requests"
+        asked: int | None = None     # the external port of an AddPortMapping not answered yet
         self._upnp_inflight.add((gw, port))
         try:
-            result, _ = await soap_call(service, upnp.add_port_mapping_request(
-                service, port, igd.local_address, lease, external), "AddPortMapping", deadline)
+            if self.stopping:
+                return "closed before it was asked for"
+
+            async def add(lease: int) -> upnp.SoapResult:
+                nonlocal asked
+                asked = external
+                result, _ = await soap_call(service, upnp.add_port_mapping_request(
+                    service, port, igd.local_address, lease, external), "AddPortMapping", deadline)
+                asked = None
+                return result
+
+            result = await add(lease)
             if result.fault and result.fault.code == upnp.ONLY_PERMANENT and lease:
                 lease = 0
-                result, _ = await soap_call(service, upnp.add_port_mapping_request(
-                    service, port, igd.local_address, 0, external), "AddPortMapping", deadline)
+                result = await add(0)
             if result.ok:
                 return _Held(Mapping("upnp", gw, port, external, address, lease),
                              time.monotonic(), local_address=igd.local_address)
@@ -698,9 +955,16 @@ class Engine:
                 return f"AddAnyPortMapping gave no usable port ({escape(reserved)})"
             return escape(result.fault)
         except _NoAnswer as e:
+            if asked is not None and e.outcome != "closed":
+                self._upnp_uncertain[(gw, port)] = asked     # it may have mapped
             return e.text
+        except asyncio.CancelledError:
+            if asked is not None:
+                self._upnp_uncertain[(gw, port)] = asked
+            raise
         finally:
             self._upnp_inflight.discard((gw, port))
+            window.release()
 
     def _record(self, protocol: str, gw: str, port: int, result: _Held | str) -> None:
         with self._lock:
@@ -730,8 +994,13 @@ class Engine:
             if m.external_port != m.internal_port:
                 lines.append(f"{name}: gateway {gw} maps TCP {m.internal_port} to another "
                              f"external port, {m.external_port}, for {m.lifetime} s")
+        asking = sorted(p for p, why in failures.items() if why == STILL_ASKING)
+        if asking:
+            lines.append(f"{name}: gateway {gw}: no answer yet for TCP {_ports(asking)} "
+                         "(still asking)")
         for port, why in sorted(failures.items()):
-            lines.append(f"{name}: gateway {gw} did not map TCP {port}: {why}")
+            if why != STILL_ASKING:
+                lines.append(f"{name}: gateway {gw} did not map TCP {port}: {why}")
         with self._lock:
             self._notes.extend(lines)
         self._update()
@@ -773,86 +1042,144 @@ class Engine:
 
     # -- renewal -------------------------------------------------------------
     async def _renew_loop(self) -> None:
+        """Renew each mapping at half its granted lifetime, all that are due
+        about together at once (through the gateway's window); a failed
+        renewal is tried again 5 s, 10 s, … later while the mapping lasts."""
         failures: dict[int, int] = {}
+        retry_at: dict[int, float] = {}
         while True:
             now = time.monotonic()
             with self._lock:
-                due = {}
-                for port, held in self._held.items():
-                    if held.mapping.lifetime == 0:
-                        continue
-                    half = held.mapping.lifetime / 2
-                    retry = min(half, 5.0 * 2 ** failures.get(port, 0)) if failures.get(port) else half
-                    due[port] = held.granted_at + retry
+                due = {port: retry_at.get(port, held.granted_at + held.mapping.lifetime / 2)
+                       for port, held in self._held.items() if held.mapping.lifetime}
             if not due:
                 return
             wake = min(due.values())
             if wake > now:
                 await asyncio.sleep(min(wake - now, 3600))
                 continue
-            for port in [p for p, t in due.items() if t <= now]:
-                held = self._held.get(port)
+            batch = sorted(port for port, when in due.items() if when <= now + RENEW_TOGETHER)
+            results = await asyncio.gather(*(self._renew(port) for port in batch))
+            failed: dict[tuple[str, str], list[int]] = {}
+            expired: list[int] = []
+            for port, (held, result) in zip(batch, results):
                 if held is None:
                     continue
                 m = held.mapping
-                deadline = time.monotonic() + self.request_timeout
-                result = await self._map_one(m.protocol, m.gateway, port, deadline, held)
                 if isinstance(result, _Held):
                     failures.pop(port, None)
+                    retry_at.pop(port, None)
                     if result.mapping.external_port != m.external_port:
                         self._note(f"{NAMES[m.protocol]}: renewal moved TCP {port} to external "
                                    f"port {result.mapping.external_port}")
                     with self._lock:
                         self._held[port] = result
-                    self._update()
-                else:
-                    failures[port] = failures.get(port, 0) + 1
-                    expired = time.monotonic() > held.granted_at + m.lifetime
-                    self._note(f"{NAMES[m.protocol]}: renewing TCP {port} failed: {result}"
-                               + ("; the mapping has expired" if expired else ""))
-                    if expired:
-                        with self._lock:
-                            self._held.pop(port, None)
-                            self._failures[port] = f"expired: {result}"
-                        self._update()
+                    continue
+                failures[port] = failures.get(port, 0) + 1
+                retry_at[port] = time.monotonic() + min(5.0 * 2 ** (failures[port] - 1), 300.0)
+                failed.setdefault((m.protocol, result), []).append(port)
+                if time.monotonic() > held.granted_at + m.lifetime:
+                    expired.append(port)
+                    with self._lock:
+                        self._held.pop(port, None)
+                        self._failures[port] = f"expired: {result}"
+                    failures.pop(port, None)
+                    retry_at.pop(port, None)
+            for (protocol, why), ports in failed.items():
+                gone = [p for p in ports if p in expired]
+                self._note(f"{NAMES[protocol]}: renewing TCP {_ports(ports)} failed: {why}"
+                           + (f"; TCP {_ports(gone)} expired" if gone else ""))
+            self._update()
+
+    async def _renew(self, port: int) -> tuple[_Held | None, _Held | str]:
+        held = self._held.get(port)
+        if held is None:
+            return None, ""
+        m = held.mapping
+        # In the background: more patience than the first round, less than the lease.
+        deadline = time.monotonic() + max(self.request_timeout, min(PATIENCE, m.lifetime / 4))
+        return held, await self._map_one(m.protocol, m.gateway, port, deadline, held)
 
     # -- removal -------------------------------------------------------------
+    def wants(self, protocol: str, gw: str, port: int) -> bool:
+        """Whether this engine holds TCP *port* at *gw* by *protocol*, or has
+        asked for it, and is not removing its mappings (safe from any thread)."""
+        if self.stopping:
+            return False
+        with self._lock:
+            held = self._held.get(port)
+        if held is not None and (held.mapping.protocol, held.mapping.gateway) == (protocol, gw):
+            return True
+        if protocol == "upnp":
+            return (gw, port) in self._upnp_inflight or (gw, port) in self._upnp_uncertain
+        return (protocol, gw, port) in self._requested
+
+    def _wanted_elsewhere(self, protocol: str, gw: str, port: int) -> bool:
+        """Another engine of this process holds or asks for the same mapping
+        (NAT-PMP and UPnP remove by port; PCP removes by nonce, only ours)."""
+        if protocol == "pcp":
+            return False
+        with _ENGINES_LOCK:
+            others = [engine for engine in _ENGINES if engine is not self]
+        return any(engine.wants(protocol, gw, port) for engine in others)
+
     def upnp_inflight(self) -> bool:
         """Whether a UPnP mapping request is waiting for its answer."""
         return bool(self._upnp_inflight)
 
-    async def _drop_unused_pcp_probes(self) -> None:
-        """Remove PCP probe mappings not kept as real mappings."""
+    async def _drop_unused_pcp_probes(self, chosen: tuple[str, str] | None) -> None:
+        """Remove the mappings of the PCP probes not kept as real mappings
+        (the probe maps the first port, to learn the public address): every
+        one but the chosen gateway's when PCP is chosen.  Answered or not: an
+        answer may be late or lost, and deleting by nonce touches nothing else
+        (another protocol's mapping of the port, or another nonce's, is left:
+        the router answers NOT_AUTHORIZED)."""
         tasks = []
-        for gw, (port, nonce, local) in list(self._pcp_probe.items()):
-            held = self._held.get(port)
-            if held is not None and held.nonce == nonce:
+        for gw, (port, nonce) in list(self._pcp_probe.items()):
+            if chosen == ("pcp", gw):
                 continue
             del self._pcp_probe[gw]
-            self._requested.pop(("pcp", gw, port), None)
-            # Only a probe that was answered made a mapping (an answer lost
-            # on the way leaves one that expires with its lifetime).
-            if local:
-                tasks.append(self._pcp_delete(gw, port, nonce, time.monotonic() + 0.3))
+            self._dropped_probes.add(gw)     # no more retransmissions of it
+            self._probe_held.pop(gw, None)
+            if self._requested.get(("pcp", gw, port)) != nonce:
+                continue                     # refused: nothing mapped
+            if ("pcp", gw) in self._heard:
+                tasks.append(self._remove_requested("pcp", gw, port, nonce,
+                                                    time.monotonic() + 0.5))
+            else:                            # PCP silent so far: one datagram, and again at close
+                _send_once(gw, pcp.PORT,
+                           lambda local, p=port, n=nonce: pcp.map_request(local, p, n, 0, 0))
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._throwaway is not None:
             self._throwaway.close()
             self._throwaway = None
 
+    async def _remove_requested(self, protocol: str, gw: str, port: int, nonce: bytes | None,
+                                deadline: float) -> bool:
+        delete = (self._pcp_delete(gw, port, nonce, deadline) if protocol == "pcp"
+                  else self._natpmp_delete(gw, port, deadline))
+        if not await delete:
+            return False
+        if self._requested.get((protocol, gw, port), b"") == nonce:
+            del self._requested[(protocol, gw, port)]
+        return True
+
     async def _pcp_delete(self, gw: str, port: int, nonce: bytes, deadline: float) -> bool:
         try:
-            response = await udp_exchange(
+            response = await self._udp(
                 gw, pcp.PORT, lambda local: pcp.map_request(local, port, nonce, 0, 0),
-                lambda d: pcp.parse_map_response(d, nonce, port), deadline)
+                lambda d: pcp.parse_map_response(d, nonce, port), deadline, mapping=False)
         except _NoAnswer:
             return False
-        return response.ok or response.result == 8      # NO_RESOURCES: nothing was there
+        # NO_RESOURCES: nothing was there (miniupnpd); NOT_AUTHORIZED: what is
+        # there is not this nonce's (another protocol or client took it over)
+        return response.ok or response.result in (pcp.NOT_AUTHORIZED, 8)
 
     async def _natpmp_delete(self, gw: str, port: int, deadline: float) -> bool:
         try:
-            response = await udp_exchange(
+            response = await self._udp(
                 gw, natpmp.PORT, lambda _: natpmp.map_tcp_request(port, 0, 0),
-                _natpmp_parser(natpmp.MapResponse, port), deadline)
+                _natpmp_parser(natpmp.MapResponse, port), deadline, mapping=False)
         except _NoAnswer:
             return False
         return response.ok
@@ -862,55 +1189,96 @@ class Engine:
         if igd is None:
             return False
         try:
-            result, _ = await soap_call(igd.service,
-                                        upnp.delete_port_mapping_request(igd.service, external),
-                                        "DeletePortMapping", deadline)
+            result = await self._soap(gw, igd.service,
+                                      upnp.delete_port_mapping_request(igd.service, external),
+                                      "DeletePortMapping", deadline)
         except _NoAnswer:
             return False
         return result.ok or (result.fault is not None and result.fault.code == 714)
 
+    async def _upnp_delete_if_ours(self, gw: str, port: int, external: int,
+                                   deadline: float) -> bool:
+        """Delete what an unanswered AddPortMapping may have made: only if the
+        router's entry for *external* forwards to us, port *port* (another
+        host's mapping of that port must stay)."""
+        igd = self._igd.get(gw)
+        if igd is None:
+            return False
+        try:
+            result = await self._soap(
+                gw, igd.service, upnp.get_specific_port_mapping_entry_request(igd.service, external),
+                "GetSpecificPortMappingEntry", deadline)
+        except _NoAnswer:
+            return False
+        if not result.ok:
+            return result.fault is not None and result.fault.code == 714   # no such entry
+        if (result.values.get("NewInternalClient") != igd.local_address
+                or result.values.get("NewInternalPort") != str(port)):
+            return True
+        return await self._upnp_delete(gw, external, deadline)
+
     async def remove_all(self, timeout: float = 1.0) -> None:
-        """Remove every mapping made or requested (idempotent, bounded by
-        *timeout*): held ones, and PCP/NAT-PMP requests whose answer never
-        came (deleting those is harmless: they are bound to our address and
-        port, or nonce).  UPnP requests still in flight are given part of
-        the time to finish, then deleted if they succeeded."""
+        """Remove every mapping made or possibly made (idempotent, bounded by
+        *timeout*), and wait for the router to confirm: held ones, and
+        requests sent whose answer never came (deleting those is harmless:
+        PCP and NAT-PMP ones are bound to our address and port, or nonce; a
+        UPnP one is deleted only if the router's entry forwards to us).  To
+        a protocol that never answered at all, one datagram each, not waited
+        for.  UPnP requests still in flight are given part of the time to
+        finish by :class:`PortMapper` first.  A port that another engine of
+        this process holds or asks for too (the ports rolled) is left to it."""
         deadline = time.monotonic() + timeout
         self.stopping = True
         with self._lock:
             held = list(self._held.values())
             self._held.clear()
-        tasks, what = [], []
+        removals, what, left = [], [], []
         done_keys = set()
         for h in held:
             m = h.mapping
             done_keys.add((m.protocol, m.gateway, m.internal_port))
-            if m.protocol == "pcp":
-                tasks.append(self._pcp_delete(m.gateway, m.internal_port, h.nonce, deadline))
+            if self._wanted_elsewhere(m.protocol, m.gateway, m.internal_port):
+                left.append(m)
+            elif m.protocol == "pcp":
+                removals.append(self._pcp_delete(m.gateway, m.internal_port, h.nonce, deadline))
             elif m.protocol == "natpmp":
-                tasks.append(self._natpmp_delete(m.gateway, m.internal_port, deadline))
+                removals.append(self._natpmp_delete(m.gateway, m.internal_port, deadline))
             else:
-                tasks.append(self._upnp_delete(m.gateway, m.external_port, deadline))
+                removals.append(self._upnp_delete(m.gateway, m.external_port, deadline))
             what.append(m)
+        unsure, unsure_ports = [], []
         for (protocol, gw, port), nonce in list(self._requested.items()):
-            if (protocol, gw, port) in done_keys:
+            if (protocol, gw, port) in done_keys or self._wanted_elsewhere(protocol, gw, port):
                 continue
-            # Asked for but never answered: most likely nothing to remove, so
-            # one datagram each, without waiting for (or counting) an answer.
-            if protocol == "pcp" and nonce is not None:
-                _send_once(gw, pcp.PORT, lambda local, p=port, n=nonce: pcp.map_request(local, p, n, 0, 0))
+            if (protocol, gw) in self._heard:
+                unsure.append(self._remove_requested(protocol, gw, port, nonce, deadline))
+                unsure_ports.append(port)
+            elif protocol == "pcp" and nonce is not None:
+                _send_once(gw, pcp.PORT,
+                           lambda local, p=port, n=nonce: pcp.map_request(local, p, n, 0, 0))
             elif protocol == "natpmp":
                 _send_once(gw, natpmp.PORT, lambda _, p=port: natpmp.map_tcp_request(p, 0, 0))
+        for (gw, port), external in list(self._upnp_uncertain.items()):
+            if (("upnp", gw, port) not in done_keys
+                    and not self._wanted_elsewhere("upnp", gw, port)):
+                unsure.append(self._upnp_delete_if_ours(gw, port, external, deadline))
+                unsure_ports.append(port)
         self._requested.clear()
+        self._upnp_uncertain.clear()
         self._pcp_probe.clear()
         if self._throwaway is not None:
             self._throwaway.close()
             self._throwaway = None
-        if not tasks:
+        if left:
+            self._note(f"{NAMES[left[0].protocol]}: TCP "
+                       f"{_ports(sorted(m.internal_port for m in left))} left mapped for the "
+                       "other mapper that holds them too")
+        if not removals and not unsure:
             return
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        results = await asyncio.gather(*removals, *unsure, return_exceptions=True)
         confirmed = [m for m, ok in zip(what, results) if ok is True]
         unconfirmed = [m for m, ok in zip(what, results) if ok is not True]
+        unknown = sorted(p for p, ok in zip(unsure_ports, results[len(removals):]) if ok is not True)
         if confirmed:
             self._note(f"{NAMES[confirmed[0].protocol]}: removed "
                        f"{len(confirmed)} mapping{'s' if len(confirmed) != 1 else ''} "
@@ -919,6 +1287,9 @@ class Engine:
             self._note(f"{NAMES[unconfirmed[0].protocol]}: removal of TCP "
                        f"{_ports(sorted(m.internal_port for m in unconfirmed))} not confirmed "
                        "in time (the router drops them when their lease ends)")
+        if unknown:
+            self._note(f"removal of what unanswered requests for TCP {_ports(unknown)} may have "
+                       "mapped not confirmed in time (the router drops it when its lease ends)")
 
 
 def _send_once(gateway: str, port: int, build: Callable[[str], bytes]) -> None:

@@ -395,6 +395,13 @@ def delete_port_mapping_request(service: Service, external_port: int) -> bytes:
                          ("NewProtocol", "TCP")])
 
 
+def get_specific_port_mapping_entry_request(service: Service, external_port: int) -> bytes:
+    """GetSpecificPortMappingEntry for TCP *external_port*: who it forwards to."""
+    return soap_request(service, "GetSpecificPortMappingEntry",
+                        [("NewRemoteHost", ""), ("NewExternalPort", external_port),
+                         ("NewProtocol", "TCP")])
+
+
 @dataclass(frozen=True)
 class SoapFault:
     code: int | None             # UPnP errorCode, None when the router gave none

@@ -35,6 +35,10 @@ from .diagnosis import Observations
 
 #: Lifetime asked for each mapping, seconds (renewed at half of it).
 LIFETIME = 120
+#: How long a removal in the background may take: a router that answers one
+#: request at a time needs seconds to confirm 32 (measured: up to 3.7 s).
+#: On a signal the mappings get 1 s, the rest expire with their lifetime.
+REMOVAL_TIME = 4.0
 #: Listening backlog per mapped port.
 BACKLOG = 8
 
@@ -52,7 +56,7 @@ class Removal:
 
     def run(self) -> None:
         for mapper in self.mappers:
-            mapper.close()
+            mapper.close(REMOVAL_TIME)
 
 
 class MappedPorts:
@@ -85,20 +89,14 @@ class MappedPorts:
         if self.candidates.roll(now) or self.mapper is None:
             self._remap()
         status = self.mapper.status()
+        if status.finished and not self.reported:
+            self._report(status)
         for mapping in status.mappings:
             port = mapping.internal_port
             if port not in self.listeners and port in self.candidates.ports:
                 if mapping.external_port == port:
                     self._listen(port)
-        if status.finished and not self.reported:
-            self.reported = True
-            for line in status.lines:
-                self.reporter.info(f"router: {line}")
-            moved = [m for m in status.mappings if m.external_port != m.internal_port]
-            if moved:
-                self.reporter.info(f"router: {len(moved)} ports mapped to other external ports, "
-                                   f"which the peer cannot know: not used")
-            self.seen.mapped = len(self.listeners)
+        self.seen.mapped = len(self.listeners)
 
     def ready(self, port: int, sock: socket.socket, now: float) -> socket.socket | None:
         try:
@@ -126,11 +124,15 @@ class MappedPorts:
 
     def finish(self, leader: bool) -> Removal:
         """Remove the mappings in the background (the link is agreed)."""
+        if self.mapper is not None and not self.reported:
+            self._report(self.mapper.status())          # what came in so far
         mappers, self.retired, self.mapper = [*self.retired, self.mapper], [], None
         self._close_listeners()
         return Removal([m for m in mappers if m is not None])
 
     def close(self) -> None:
+        if self.mapper is not None and not self.reported:
+            self._report(self.mapper.status())
         self._close_listeners()
         for mapper in [*self.retired, self.mapper]:
             if mapper is not None:
@@ -138,6 +140,16 @@ class MappedPorts:
         self.retired, self.mapper = [], None
 
     # -- internals ----------------------------------------------------------
+    def _report(self, status) -> None:
+        """What the router answered, for -v (router text is escaped by portmap)."""
+        self.reported = True
+        for line in status.lines:
+            self.reporter.info(f"router: {line}")
+        moved = [m for m in status.mappings if m.external_port != m.internal_port]
+        if moved:
+            self.reporter.info(f"router: {len(moved)} ports mapped to other external ports, "
+                               f"which the peer cannot know: not used")
+
     def _remap(self) -> None:
         from ..portmap.client import PortMapper      # asyncio: imported only when used
         if self.mapper is not None:          # the clock rolled the ports

@@ -39,8 +39,13 @@ from dataclasses import dataclass, field
 
 from .. import sockopts
 
-#: How long the sweep (leader) and the hold (follower) last.
+#: How long the sweep (leader) waits for its SYNs' answers.
 GRACE = 0.5
+#: How long the hold (follower) keeps its sentinels for the sweep: longer,
+#: since the leader sweeps only after it sent the commit, and a loaded host
+#: may be slow to start its thread.  It ends sooner when every held socket
+#: has resolved.
+HOLD = 1.0
 
 
 @dataclass
@@ -51,7 +56,6 @@ class Tidy:
     peer: str
     held: dict[int, socket.socket] = field(default_factory=dict)   # port -> socket still out
     leader: bool = False
-    grace: float = GRACE
 
     def start(self) -> threading.Thread:
         """Run :meth:`run` in a daemon thread."""
@@ -85,9 +89,13 @@ class Tidy:
                     socks.append(sock)
                     sel.register(sock, selectors.EVENT_WRITE)
             self.held = {}
-            deadline = time.monotonic() + self.grace
-            while sel.get_map() and (left := deadline - time.monotonic()) > 0:
-                for key, _ in sel.select(left):
+            deadline = time.monotonic() + (GRACE if self.leader else HOLD)
+            while sel.get_map():
+                # One last look without waiting once the time is up: a thread
+                # that got the CPU late still ends what already connected.
+                left = max(0.0, deadline - time.monotonic())
+                events = sel.select(left)
+                for key, _ in events:
                     sock = key.fileobj
                     sel.unregister(sock)
                     if sockopts.connect_result(sock) == 0:
@@ -95,6 +103,8 @@ class Tidy:
                         _finish(sock)
                     else:
                         sock.close()
+                if not left:
+                    break
         except OSError:
             pass                         # best effort: the session goes on regardless
         finally:
