@@ -25,6 +25,9 @@ from .traverse.diagnosis import Observations, explain_all
 
 #: A connection whose hello has not arrived after this long is dropped.
 HELLO_TIMEOUT = 5.0
+#: Connections awaiting their hello at once; more are closed at once (a
+#: listener accepts whatever the peer's address opens).
+MAX_CANDIDATES = 64
 #: The status line is redrawn this often.
 STATUS_INTERVAL = 1.0
 #: Longest wait for a tidy job at the end of a session (the sweep takes half
@@ -134,6 +137,11 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
                     technique.pause(now)
                 technique.tick(now)
             for sock in completed:
+                if len(conns) >= MAX_CANDIDATES:
+                    reporter.info(f"dropped connection {_name(sock)}: {MAX_CANDIDATES} others "
+                                  f"are awaiting their hello")
+                    sockopts.reset_close(sock)
+                    continue
                 reporter.info(f"connection {_name(sock)} established")
                 _toward(seen, sock).connections += 1
                 conns[sock] = now + HELLO_TIMEOUT

@@ -17,7 +17,7 @@ import time
 from . import sockopts
 from .agree import Link, agree
 from .channel import PlainChannel
-from .endpoints import listen_socket
+from .endpoints import Address, listen_socket
 from .errors import Interrupted, PunchcatError, UsageError, check_interrupted
 from .forward import serve, serve_raw
 from .handshake import FLAG_SECRET, Hello, Mode
@@ -27,12 +27,11 @@ from .schedule import article_plan
 from .secure import secure
 from .status import VERBOSE, Reporter, describe, show_progress
 from .traverse import Technique, hops
-from .endpoints import Address
 from .traverse.birthday import BirthdayPunch
 from .traverse.candidates import ArticlePorts
-from .traverse.mapped import MappedPorts
 from .traverse.diagnosis import Observations
 from .traverse.direct import DirectPunch
+from .traverse.mapped import MappedPorts
 from .traverse.sentinel import SentinelPunch
 
 #: Seconds added to the clock, for testing clock skew (not a user option).

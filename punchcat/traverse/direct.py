@@ -158,7 +158,7 @@ class DirectPunch:
         except OSError:
             return                       # the port's 4-tuple is busy: try it later
         err = sock.connect_ex((str(self.peer), port))
-        if err not in (0, errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+        if err not in sockopts.CONNECTING:
             sock.close()
             return
         self.seen.probes += 1

@@ -162,7 +162,7 @@ class SentinelPunch:
             self.seen.probes += 1
         else:
             sockopts.set_ttl(sock, -1)
-        if err not in (0, errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+        if err not in sockopts.CONNECTING:
             # e.g. EADDRNOTAVAIL: the 4-tuple is still in TIME_WAIT here.
             sock.close()
             self.schedule.arm_failed(port, now)
