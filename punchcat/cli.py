@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import List, Optional
 
@@ -10,10 +9,7 @@ import typer
 
 from . import __version__, options, session
 from .entry import CLOSED_STDIO, run_app, show_tracebacks
-from .errors import UsageError
-from .handshake import Mode
-from .schedule import article_plan
-from .secure import generate_code, generate_secret, write_secret_file
+from .secure import give_secret
 from .status import NORMAL, Reporter
 from .whoami import whoami_command
 
@@ -122,7 +118,7 @@ def punchcat(
     if verbose >= 2:
         show_tracebacks()
     if gen_secret or gen_code:
-        _generate(gen_code, gen_secret, secret_file)
+        give_secret(gen_code, gen_secret, secret_file)
         return
     if whoami:
         raise typer.Exit(whoami_command(Reporter(NORMAL)))
@@ -132,29 +128,12 @@ def punchcat(
         secret_file=secret_file, stats=stats, keepalive=keepalive, ipv4=ipv4, ipv6=ipv6,
         plan=plan, verbose=verbose > 0, quiet=quiet, port_guessing=not no_port_guessing,
         port_mapping=not no_port_mapping, insecure_secret_file=insecure_secret_file,
-        max_sessions=max_sessions, half_close_timeout=half_close_timeout)
-    if opts.mode == Mode.PIPE and not opts.plan:
-        if 0 in CLOSED_STDIO:
-            raise UsageError("standard input is closed (give </dev/null to send nothing)")
-        if 1 in CLOSED_STDIO:
-            raise UsageError("standard output is closed (give >/dev/null to discard what "
-                             "the peer sends)")
+        max_sessions=max_sessions, half_close_timeout=half_close_timeout,
+        closed_stdio=frozenset(CLOSED_STDIO))
     if opts.plan:
-        the_plan = article_plan(session.clock(), opts.clock_error, opts.run_window, opts.ports)
-        print(json.dumps(the_plan.as_dict()))  # stdout-ok: the plan is the output
+        session.show_plan(opts)
         return
     session.run(opts, Reporter(opts.level))
-
-
-def _generate(code: bool, secret: bool, path: str | None) -> None:
-    """--gen-code or --gen-secret: print it, or write it to a new file *path*."""
-    if code and secret:
-        raise UsageError("--gen-code and --gen-secret cannot be used together")
-    fresh = generate_code() if code else generate_secret()
-    if path is None:
-        print(fresh)  # stdout-ok: asked for
-    else:
-        write_secret_file(path, fresh)
 
 
 def main(argv: list[str] | None = None) -> int:

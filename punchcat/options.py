@@ -64,8 +64,12 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
           ipv4: bool, ipv6: bool, plan: bool, verbose: bool, quiet: bool,
           port_guessing: bool = True, port_mapping: bool = True,
           insecure_secret_file: bool = False, max_sessions: int = DEFAULT_MAX_SESSIONS,
-          half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT) -> Options:
-    """Check the command line; raise :class:`UsageError` with one line if it cannot work."""
+          half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT,
+          closed_stdio: frozenset[int] = frozenset()) -> Options:
+    """Check the command line; raise :class:`UsageError` with one line if it cannot work.
+
+    *closed_stdio*: the standard descriptors that were closed at start
+    (:data:`punchcat.entry.CLOSED_STDIO`)."""
     if verbose and quiet:
         raise UsageError("-v and -q cannot be used together")
     if not 0 < ports <= MAX_PORTS:
@@ -119,6 +123,12 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
     target = endpoint(connect, "-c", "-c host") if connect is not None else None
     local = endpoint(listen, "-L", "-L address") if listen is not None else None
     mode = Mode.LISTEN if local else Mode.CONNECT if target else Mode.PIPE
+    if mode == Mode.PIPE and not plan:
+        if 0 in closed_stdio:
+            raise UsageError("standard input is closed (give </dev/null to send nothing)")
+        if 1 in closed_stdio:
+            raise UsageError("standard output is closed (give >/dev/null to discard what "
+                             "the peer sends)")
     return Options(peers=tuple(addresses), mode=mode, listen=local, connect=target, keep_open=keep_open,
                    secret=secret, timeout=timeout, keepalive=keepalive,
                    clock_error=clock_error, run_window=run_window, ports=ports, stats=stats,

@@ -535,6 +535,17 @@ def _check_private(path: str, info: os.stat_result) -> None:
                             f"give --insecure-secret-file")
 
 
+def give_secret(code: bool, secret: bool, path: str | None) -> None:
+    """--gen-code or --gen-secret: print a fresh one, or write it to a new file *path*."""
+    if code and secret:
+        raise UsageError("--gen-code and --gen-secret cannot be used together")
+    fresh = generate_code() if code else generate_secret()
+    if path is None:
+        print(fresh)  # stdout-ok: asked for
+    else:
+        write_secret_file(path, fresh)
+
+
 def write_secret_file(path: str, secret: str) -> None:
     """Write *secret* to a new file *path* that only its owner can read (0600).
 

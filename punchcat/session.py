@@ -8,6 +8,7 @@ and :func:`use_link` moves data over it as this side's mode says.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -48,6 +49,12 @@ def clock() -> float:
     if not math.isfinite(offset):
         raise UsageError(f"{CLOCK_OFFSET_ENV} must be a number of seconds, not {raw!r}")
     return time.time() + offset
+
+
+def show_plan(opts: Options) -> None:
+    """--plan: the article's plan at this instant, as JSON on stdout."""
+    the_plan = article_plan(clock(), opts.clock_error, opts.run_window, opts.ports)
+    print(json.dumps(the_plan.as_dict()))  # stdout-ok: the plan is the output
 
 
 def run(opts: Options, reporter: Reporter) -> None:

@@ -442,6 +442,13 @@ class Engine:
     Drive it with :meth:`run` (discovery, mapping, then renewal until
     cancelled) and :meth:`remove_all` (bounded removal); :class:`PortMapper`
     does both in a thread.  :meth:`snapshot` is safe from any thread.
+
+    Over 200 lines (about 850) because it is one state machine over one set
+    of gateways: discovery races the three protocols and picks one, and the
+    mapping, renewal and removal that follow share its held mappings, its
+    request pacing and its status; the protocols' wire formats are the
+    modules beside it.  A split per protocol is the next step when a fourth
+    protocol comes.
     """
 
     def __init__(self, ports: Iterable[int] = (), *, lifetime: int = 120,
