@@ -138,6 +138,23 @@ def open_channel(link: Link, secret: str | None, reporter: Reporter):
     return channel, b""
 
 
+def end_output() -> None:
+    """Give stdout's reader its end of file now: tidying the routers may keep
+    this process a few seconds more (``punchcat PEER | tar x`` must not wait
+    for it).  stdout becomes /dev/null, so a late write cannot fail."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(null)
+
+
 def use_link(link: Link, opts: Options, reporter: Reporter, listener) -> None:
     """Move data over the agreed connection, as this side's mode says."""
     try:
@@ -152,6 +169,7 @@ def use_link(link: Link, opts: Options, reporter: Reporter, listener) -> None:
                           progress=lambda st: show_progress(reporter, st))
         finally:
             reporter.clear()
+            end_output()
     elif link.peer.mode == Mode.PIPE:
         # -c serving a plain pipe (e.g. ssh's ProxyCommand): one raw session
         stats = serve_raw(channel, opts.connect, reporter, leftover)
