@@ -147,11 +147,11 @@ def delete_namespace(name: str) -> None:
     subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def sweep_stale() -> None:
-    """Delete lab namespaces left behind by processes that no longer exist."""
+def sweep_stale(prefix: str = PREFIX) -> None:
+    """Delete the namespaces named *prefix*PID-… whose process no longer exists."""
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for line in listing.splitlines():
-        match = re.match(rf"({PREFIX}(\d+)-\d+-\w+)", line)
+        match = re.match(rf"({re.escape(prefix)}(\d+)-\d+-\w+)", line)
         if match and not os.path.exists(f"/proc/{match.group(2)}"):
             delete_namespace(match.group(1))
 

@@ -47,6 +47,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from .netns import delete_namespace, sweep_stale
+
 PREFIX = "pcpm-"
 HOST_IP, ROUTER_LAN_IP, LAN_SUBNET = "192.168.7.2", "192.168.7.1", "192.168.7.0/24"
 ROUTER_WAN_IP, FAR_IP = "5.5.5.1", "5.5.5.2"
@@ -86,26 +88,6 @@ def netns_exec(ns: str, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
-def delete_namespace(name: str) -> None:
-    """Kill whatever still runs in namespace *name*, then delete it."""
-    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
-    for pid in pids.split():
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
-def sweep_stale() -> None:
-    """Delete portmap lab namespaces left behind by processes that are gone."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for line in listing.splitlines():
-        match = re.match(rf"({PREFIX}(\d+)-\d+-\w+)", line)
-        if match and not os.path.exists(f"/proc/{match.group(2)}"):
-            delete_namespace(match.group(1))
-
-
 class PortmapLab:
     """host ── router ── far, as namespaces; a context manager that always
     tears down what it built.  The router masquerades the LAN and forwards
@@ -135,7 +117,7 @@ class PortmapLab:
         missing = missing_prerequisites(miniupnpd=False)
         if missing:
             raise LabUnavailable("the portmap lab needs " + ", ".join(missing))
-        sweep_stale()
+        sweep_stale(PREFIX)
         for name in self.ns.values():
             _run(["ip", "netns", "add", name])
             self._built.append(name)
