@@ -27,6 +27,7 @@ class Watch:
         self.peak_rss_kib = 0
         self.peak_fds = 0
         self.samples = 0
+        self.fds_seen: list[tuple[float, int]] = []   # (time.monotonic(), open fds)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -37,11 +38,17 @@ class Watch:
                 for line in open(f"/proc/{self.pid}/status"):
                     if line.startswith("VmHWM:"):
                         self.peak_rss_kib = max(self.peak_rss_kib, int(line.split()[1]))
-                self.peak_fds = max(self.peak_fds, open_fds(self.pid))
+                fds = open_fds(self.pid)
+                self.peak_fds = max(self.peak_fds, fds)
+                self.fds_seen.append((time.monotonic(), fds))
                 self.samples += 1
             except (OSError, ValueError):
                 return                       # it has ended
             time.sleep(0.05)
+
+    def peak_fds_since(self, since: float) -> int:
+        """The most open file descriptors seen from *since* (monotonic) on."""
+        return max((fds for at, fds in self.fds_seen if at >= since), default=0)
 
     def stop(self) -> "Watch":
         self._stop.set()
