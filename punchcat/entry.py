@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 import traceback
 
 import typer
@@ -99,9 +100,12 @@ def run_app(app: typer.Typer, prog: str, argv: list[str] | None,
     captured = _Captured() if capture_stdout else None
     if captured is not None:
         sys.stdout = captured
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda args: _thread_failed(prog, args)
     try:
         status = _run(app, prog, argv, interrupted)
     finally:
+        threading.excepthook = previous_hook
         if captured is not None:
             sys.stdout = real_stdout
     if captured is not None and captured.getvalue():
@@ -111,6 +115,26 @@ def run_app(app: typer.Typer, prog: str, argv: list[str] | None,
             say(prog, str(exc))
             return status or 1
     return status
+
+
+def _internal_error(prog: str, where: str, exc: BaseException) -> None:
+    """A bug: one line, its traceback only on request."""
+    if _debug or os.environ.get(DEBUG_ENV):
+        try:
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+        except (OSError, ValueError, AttributeError):
+            pass
+    say(prog, f"internal error{where}: {type(exc).__name__}: {exc} "
+              f"(set {DEBUG_ENV}=1 or give -vv for details)")
+
+
+def _thread_failed(prog: str, args: threading.ExceptHookArgs) -> None:
+    """A bug in a background thread (tidying the routers, the router
+    client): one line too, and the session goes on."""
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    _internal_error(prog, f" in {name}", args.exc_value)
 
 
 def _run(app: typer.Typer, prog: str, argv: list[str] | None, interrupted: str | None) -> int:
@@ -132,13 +156,7 @@ def _run(app: typer.Typer, prog: str, argv: list[str] | None, interrupted: str |
         say(prog, f"{message} (see {prog} --help)")
         return getattr(exc, "exit_code", 2)
     except Exception as exc:                # a bug: one line, the details on request
-        if _debug or os.environ.get(DEBUG_ENV):
-            try:
-                traceback.print_exc()
-            except (OSError, ValueError, AttributeError):
-                pass
-        say(prog, f"internal error: {type(exc).__name__}: {exc} "
-                  f"(set {DEBUG_ENV}=1 or give -vv for details)")
+        _internal_error(prog, "", exc)
         return 1
     return status if isinstance(status, int) else 0
 

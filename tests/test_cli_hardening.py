@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -155,6 +156,22 @@ def test_an_internal_error_is_one_line_and_its_traceback_only_with_vv(monkeypatc
     assert "Traceback" in err and "ZeroDivisionError" in err
     assert err.splitlines()[-1].startswith("punchcat: internal error: ZeroDivisionError")
 
+
+
+def test_a_bug_in_a_background_thread_is_one_line_too(monkeypatch, capfd):
+    def broken(opts, reporter):
+        thread = threading.Thread(target=lambda: 1 / 0, name="punchcat-tidy")
+        thread.start()
+        thread.join()
+    monkeypatch.setattr(session, "run", broken)
+    monkeypatch.delenv("PUNCHCAT_DEBUG", raising=False)
+    monkeypatch.setattr("punchcat.entry._debug", False)
+    hook = threading.excepthook
+    assert cli.main(["-c", "22", "192.0.2.1"]) == 0
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("punchcat: internal error in punchcat-tidy: ZeroDivisionError")
+    assert threading.excepthook is hook                  # put back on the way out
 
 # -- any value of any option ---------------------------------------------------------------
 
