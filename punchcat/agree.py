@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from . import sockopts
 from .errors import NoConnection, check_interrupted
-from .handshake import Drop, Election, Hello, Send
+from .handshake import Drop, Election, Hello, Send, Won
 from .traverse import Registration, Technique
 from .traverse.diagnosis import Observations, explain_all
 
@@ -65,6 +65,7 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
     conns: dict[socket.socket, float] = {}  # connection -> hello deadline
     tidy = []                               # jobs to run once the election is over
     link = None
+    won: Won | None = None                  # the election's winner, once it names one
 
     def close(sock: socket.socket) -> None:
         conns.pop(sock, None)
@@ -77,6 +78,7 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
         carry_out(followups)
 
     def carry_out(events) -> None:
+        nonlocal won
         for ev in events:
             if isinstance(ev, Send):
                 try:
@@ -88,13 +90,17 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
                 reporter.info(f"dropped connection {_name(ev.conn)}: {ev.reason}")
                 _toward(seen, ev.conn).not_punchcat += 1
                 close(ev.conn)
+            elif isinstance(ev, Won) and ev.conn in conns:
+                # (a Won whose commit could not be sent was closed above, and
+                # the election has named another since)
+                won = ev
 
     try:
         now = time.monotonic()
         for technique in techniques:
             technique.start(sel, now)
         next_status = now
-        while election.winner is None:
+        while won is None:
             check_interrupted()
             now = time.monotonic()
             if now >= deadline:
@@ -147,7 +153,6 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
                 conns[sock] = now + HELLO_TIMEOUT
                 sel.register(sock, selectors.EVENT_READ)
                 carry_out(election.opened(sock))
-        won = election.winner
         leader = election.leads(won.peer)
         reporter.info(f"winner: {_name(won.conn)} ({'leader' if leader else 'follower'})")
         tidy = [job for t in techniques if (job := t.finish(leader)) is not None]

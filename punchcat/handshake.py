@@ -51,7 +51,7 @@ import os
 from dataclasses import dataclass
 from typing import Hashable
 
-from .errors import RemoteProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError
 
 MAGIC = b"PUNCHCAT"
 #: 2: the secret is proven by SRP-6a (punchcat.srp) and codes are compared by
@@ -165,80 +165,129 @@ class Won:
     leftover: bytes  # user data that arrived with the commit
 
 
+class Phase(enum.Enum):
+    """Where one connection stands in the election (see the table below)."""
+
+    HELLO = "awaiting the peer's hello"
+    ACK = "awaiting the follower's ACK"        # the leader's side of a greeted connection
+    COMMIT = "awaiting the leader's COMMIT"    # the follower's, once it sent ACK
+    WON = "won"
+
+
+#: What each phase expects next, and where it leads (h11 keeps its states in
+#: a table too).  Anything else arriving in a phase drops the connection.
+#:
+#: =======  ==========================  ===========================================
+#: phase    expects                     then
+#: =======  ==========================  ===========================================
+#: HELLO    the peer's hello            leader: ACK; follower: sends ACK, COMMIT
+#: ACK      ``+``                       commits (sends ``$``) if nothing has won
+#:                                      yet, WON; else kept, verified, in ACK
+#: COMMIT   ``$`` and user data         WON (the data after ``$`` is the leftover)
+#: WON      user data, not ours         the caller's from now on
+#: =======  ==========================  ===========================================
+TRANSITIONS = {Phase.HELLO: (Phase.ACK, Phase.COMMIT), Phase.ACK: (Phase.WON,),
+               Phase.COMMIT: (Phase.WON,), Phase.WON: ()}
+
+
+class _Conn:
+    """One candidate connection: its phase, what arrived, and the peer's hello."""
+
+    __slots__ = ("phase", "buf", "peer")
+
+    def __init__(self) -> None:
+        self.phase = Phase.HELLO
+        self.buf = bytearray()
+        self.peer: Hello | None = None
+
+    def advance(self, phase: Phase) -> None:
+        if phase not in TRANSITIONS[self.phase]:
+            raise LocalProtocolError(f"election: {self.phase.name} cannot lead to {phase.name}")
+        self.phase = phase
+
+
 class Election:
-    """Chooses the one connection both sides use (see the module docstring)."""
+    """Chooses the one connection both sides use (see the module docstring).
+
+    Feed it :meth:`opened`, :meth:`received` and :meth:`closed`; each returns
+    the events to carry out, in order.  A :class:`Won` names the winner once
+    its commit is sent (leader) or received (follower); should the leader's
+    ``$`` fail to go out, the caller reports the connection closed and the
+    election resumes with the others, which may emit another :class:`Won`.
+    """
 
     def __init__(self, local: Hello):
         self.local = local
-        self.winner: Won | None = None
-        self._bufs: dict[Hashable, bytearray] = {}
-        self._peers: dict[Hashable, Hello] = {}
+        self._conns: dict[Hashable, _Conn] = {}
 
     def leads(self, peer: Hello) -> bool:
         return self.local.side_id > peer.side_id
 
+    def phase(self, conn: Hashable) -> Phase | None:
+        """Where *conn* stands (None once it is closed or dropped)."""
+        state = self._conns.get(conn)
+        return state.phase if state is not None else None
+
+    def _decided(self) -> bool:
+        return any(c.phase is Phase.WON for c in self._conns.values())
+
     def opened(self, conn: Hashable) -> list:
         """A connection was established: greet the other end."""
-        self._bufs[conn] = bytearray()
+        self._conns[conn] = _Conn()
         return [Send(conn, self.local.encode())]
 
     def closed(self, conn: Hashable) -> list:
         """A connection closed or failed.  If the leader had committed to it
         (the ``$`` could not be sent), the election resumes with the others."""
-        self._bufs.pop(conn, None)
-        self._peers.pop(conn, None)
-        if self.winner is None or self.winner.conn != conn:
+        state = self._conns.pop(conn, None)
+        if state is None or state.phase is not Phase.WON:
             return []
-        self.winner = None
         events: list = []
-        for other in list(self._bufs):
-            if self.winner is None:
+        for other in list(self._conns):
+            if not self._decided():
                 events += self.received(other, b"")
         return events
 
-    def _commit(self, conn: Hashable, peer: Hello) -> list:
-        self.winner = Won(conn, peer, b"")
-        return [Send(conn, COMMIT), self.winner]
+    def _drop(self, conn: Hashable, reason: str) -> list:
+        self._conns.pop(conn, None)
+        return [Drop(conn, reason)]
 
     def received(self, conn: Hashable, data: bytes) -> list:
         """Bytes arrived on *conn*; returns the events they cause."""
-        if conn not in self._bufs:
+        state = self._conns.get(conn)
+        if state is None:
             return []
-        buf = self._bufs[conn]
-        buf += data
-        if self.winner is not None:
-            return []          # decided; kept in case the winner fails
+        state.buf += data
+        if self._decided():
+            return []          # decided; the others are kept in case the winner fails
         events: list = []
-        peer = self._peers.get(conn)
-        if peer is None:
+        if state.phase is Phase.HELLO:
             try:
-                peer = parse_hello(buf)
+                peer = parse_hello(state.buf)
             except NotPunchcat as exc:
-                self.closed(conn)
-                return [Drop(conn, str(exc))]
+                return self._drop(conn, str(exc))
             if peer is None:
                 return []
             if peer.side_id == self.local.side_id:
-                self.closed(conn)
-                return [Drop(conn, "connected to itself")]
+                return self._drop(conn, "connected to itself")
             check_compatible(self.local, peer)
-            self._peers[conn] = peer
-            del buf[:HELLO_LEN]
-            if not self.leads(peer):
+            state.peer = peer
+            del state.buf[:HELLO_LEN]
+            if self.leads(peer):
+                state.advance(Phase.ACK)
+            else:
+                state.advance(Phase.COMMIT)
                 events.append(Send(conn, ACK))     # the leader's hello came through
-        if self.leads(peer):
+        if not state.buf:
+            return events
+        if state.phase is Phase.ACK:
             # Commit only where the follower's ACK proves our hello got there:
             # both directions of this connection work.
-            if not buf:
-                return events
-            if bytes(buf) != ACK:
-                self.closed(conn)
-                return [Drop(conn, "peer sent data before the commit")]
-            return events + self._commit(conn, peer)
-        if not buf:
-            return events
-        if buf[:1] != COMMIT:
-            self.closed(conn)
-            return [Drop(conn, "peer sent data before the commit")]
-        self.winner = Won(conn, peer, bytes(buf[1:]))
-        return events + [self.winner]
+            if bytes(state.buf) != ACK:
+                return self._drop(conn, "peer sent data before the commit")
+            state.advance(Phase.WON)
+            return events + [Send(conn, COMMIT), Won(conn, state.peer, b"")]
+        if state.buf[:1] != COMMIT:
+            return self._drop(conn, "peer sent data before the commit")   # no ACK then
+        state.advance(Phase.WON)
+        return events + [Won(conn, state.peer, bytes(state.buf[1:]))]

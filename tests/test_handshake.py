@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from punchcat.errors import RemoteProtocolError
 from punchcat.handshake import (ACK, COMMIT, HELLO_LEN, MAGIC, VERSION, Drop, Election, Hello,
-                                NotPunchcat, Send, Won, parse_hello)
+                                NotPunchcat, Phase, Send, Won, parse_hello)
 
 LOW, HIGH = Hello(b"\x01" * 16), Hello(b"\xf0" * 16)
 
@@ -39,17 +39,17 @@ def test_version_mismatch_is_a_clear_error():
         parse_hello(MAGIC + bytes([9]))
 
 
-def test_a_version_1_peer_gets_one_clear_line():
-    # Version 2 changed how the secret is proven (SRP); a punchcat of the
-    # previous release must be told at the hello, before anything else.
-    assert VERSION == 2
-    old_peer = Hello(b"\x01" * 16, version=1).encode()
-    message = ("peer speaks punchcat protocol version 1 (an older punchcat), this punchcat "
-               "speaks version 2; run the same punchcat release on both sides")
+def test_a_peer_of_the_previous_version_gets_one_clear_line():
+    # Each version changed the protocol; a punchcat of the previous release
+    # must be told at the hello, before anything else.
+    old = VERSION - 1
+    old_peer = Hello(b"\x01" * 16, version=old).encode()
+    message = (f"peer speaks punchcat protocol version {old} (an older punchcat), this "
+               f"punchcat speaks version {VERSION}; run the same punchcat release on both sides")
     with pytest.raises(RemoteProtocolError) as info:
         parse_hello(old_peer)
     assert str(info.value) == message and "\n" not in message
-    with pytest.raises(RemoteProtocolError, match="version 1 .an older punchcat."):
+    with pytest.raises(RemoteProtocolError, match=f"version {old} .an older punchcat."):
         parse_hello(old_peer[:len(MAGIC) + 1])           # as soon as the version byte is in
     e = Election(HIGH)
     e.opened("c1")
@@ -58,8 +58,8 @@ def test_a_version_1_peer_gets_one_clear_line():
 
 
 def test_a_newer_peer_is_named_as_such():
-    with pytest.raises(RemoteProtocolError, match="version 3 .a newer punchcat."):
-        parse_hello(MAGIC + bytes([3]))
+    with pytest.raises(RemoteProtocolError, match=f"version {VERSION + 1} .a newer punchcat."):
+        parse_hello(MAGIC + bytes([VERSION + 1]))
 
 
 def test_unknown_mode_is_a_protocol_error():
@@ -75,7 +75,7 @@ def test_leader_commits_where_the_follower_acknowledged_its_hello():
     assert e.received("c2", LOW.encode()[10:]) == []     # verified one way only
     assert e.received("c1", LOW.encode() + ACK) == [Send("c1", COMMIT), Won("c1", LOW, b"")]
     assert e.received("c2", ACK) == []                    # already decided
-    assert e.winner.conn == "c1"
+    assert e.phase("c1") is Phase.WON and e.phase("c2") is Phase.ACK
 
 
 def test_follower_acknowledges_then_waits_for_the_commit():
@@ -99,7 +99,7 @@ def test_connection_to_itself_is_dropped():
     e.opened("c")
     (event,) = e.received("c", HIGH.encode())
     assert isinstance(event, Drop) and "itself" in event.reason
-    assert e.winner is None
+    assert e.phase("c") is None
 
 
 def test_non_punchcat_server_is_dropped_without_user_data():
@@ -131,8 +131,29 @@ def test_leader_recommits_when_its_choice_fails():
         e.opened(c)
     e.received("c1", LOW.encode() + ACK)
     e.received("c2", LOW.encode() + ACK)     # verified both ways but not chosen
-    assert e.winner.conn == "c1"
+    assert e.phase("c1") is Phase.WON
     assert e.closed("c1") == [Send("c2", COMMIT), Won("c2", LOW, b"")]
+    assert e.phase("c1") is None and e.phase("c2") is Phase.WON
+
+
+def test_follower_takes_another_commit_when_its_winner_fails():
+    e = Election(LOW)
+    for c in ("c1", "c2"):
+        e.opened(c)
+        e.received(c, HIGH.encode())
+    e.received("c1", COMMIT)
+    e.received("c2", COMMIT + b"data")                   # after the decision: kept
+    assert e.closed("c1") == [Won("c2", HIGH, b"data")]
+
+
+def test_each_phase_leads_only_where_the_table_says():
+    e = Election(HIGH)
+    e.opened("c")
+    assert e.phase("c") is Phase.HELLO
+    e.received("c", LOW.encode())
+    assert e.phase("c") is Phase.ACK
+    e.received("c", ACK)
+    assert e.phase("c") is Phase.WON
 
 
 def test_unknown_mode_stops_the_election():
