@@ -9,7 +9,7 @@ import typer
 
 from . import __version__, options, session
 from .entry import CLOSED_STDIO, run_app, show_tracebacks
-from .secure import give_secret
+from .secret import give_secret
 from .status import NORMAL, Reporter
 from .whoami import whoami_command
 
@@ -94,7 +94,7 @@ def punchcat(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True,
         help="Print the version and exit."),
-    # -- limits and secrets (issues 15 and 16) --
+    # -- limits and secrets --
     gen_code: bool = typer.Option(
         False, "--gen-code",
         help="Print a fresh short code to read out, like 48210-93755-62183, and exit "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .endpoints import Address, Endpoint, endpoint, is_own_address, resolve
 from .errors import PunchcatError, UsageError
 from .handshake import Mode
-from .secure import read_secret_file
+from .secret import read_secret_file
 from .status import NORMAL, QUIET, VERBOSE
 
 MAX_PORTS = 100
@@ -25,7 +25,7 @@ MAX_CLOCK_ERROR = 3600.0
 DEFAULT_KEEPALIVE = 60.0
 #: --keepalive at most a day (TCP_KEEPIDLE and TCP_USER_TIMEOUT have bounds).
 MAX_KEEPALIVE = 86400.0
-# -- limits and secrets (issues 15 and 16) --
+# -- limits and secrets --
 SECRET_ENV = "PUNCHCAT_SECRET"
 DEFAULT_MAX_SESSIONS = 64
 MAX_MAX_SESSIONS = 1024
@@ -53,7 +53,7 @@ class Options:
     plan: bool
     port_guessing: bool = True       # the random-port fallback (traverse.birthday)
     port_mapping: bool = True        # ask the home router (traverse.mapped)
-    # -- limits (issue 15) --
+    # -- what a peer can make this side hold --
     max_sessions: int = DEFAULT_MAX_SESSIONS          # -L/-c: sessions at once
     half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT
 
@@ -92,7 +92,7 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
         raise UsageError("-L and -c cannot be used together")
     if keep_open and listen is None and connect is None:
         raise UsageError("-k needs -L or -c")
-    # -- limits and secrets (issues 15 and 16) --
+    # -- limits and secrets --
     if not 0 < max_sessions <= MAX_MAX_SESSIONS:
         raise UsageError(f"--max-sessions must be between 1 and {MAX_MAX_SESSIONS}")
     if not 0 < half_close_timeout <= MAX_HALF_CLOSE_TIMEOUT:

@@ -73,7 +73,7 @@ a transcript who can try guesses at their own pace).  Here the verifier is
 made fresh from a fresh salt on every run, lives in memory for one exchange
 and is never stored or sent, and no message lets anyone test a guess
 without running the protocol again with the real peer.  So the secret may
-be a short code a person reads out (``secure.generate_code``): its strength
+be a short code a person reads out (``secret.generate_code``): its strength
 is the number of runs an attacker would need, not hashes per second.
 """
 
