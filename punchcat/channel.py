@@ -24,6 +24,7 @@ import os
 import socket
 
 from .errors import LinkLost
+from .sockopts import PORTABLE
 
 #: Most buffers handed to one sendmsg() call.
 IOV_MAX = 64
@@ -32,6 +33,9 @@ READ_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
+#: The zero-copy calls, where the OS has them (off with PUNCHCAT_PORTABLE=1).
+HAVE_SPLICE = hasattr(os, "splice") and not PORTABLE
+HAVE_SENDFILE = hasattr(os, "sendfile") and not PORTABLE
 
 
 def grow_pipe(fd: int, size: int) -> None:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
+#: How long -c waits for its target to accept a session.
+CONNECT_TIMEOUT = 10.0
+
 
 @dataclass(frozen=True)
 class Address:

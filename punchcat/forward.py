@@ -18,11 +18,10 @@ on what the peer sends (:mod:`punchcat.mux` holds the protocol's half):
   and each DATA payload is written to its local socket at once; what the
   socket does not take is copied into that session's own buffer.  So a
   payload never pins a read buffer, and a session holds at most its window
-  (``mux.WINDOW_SIZE``).  On a plain link the rest of a large payload (the
-  mux says which session it is for and how long it is) goes from the link
-  to its local socket by splice through a pipe of ours, never through this
-  process; what the local socket does not take is read out of the pipe
-  into the session's buffer, so the pipe is empty after each step.  All sessions together hold at most about
+  (``mux.WINDOW_SIZE``).  On a plain link the rest of a large payload goes
+  from the link to its local socket inside the kernel
+  (:mod:`punchcat.rxsplice`), and what the socket does not take lands in
+  the same buffer.  All sessions together hold at most about
   :data:`RECEIVE_BUDGET`: past it, the link is not read until local ends
   catch up (the peer's further bytes wait in TCP's buffers, which the
   kernel bounds).  That budget is four full windows: up to four local
@@ -46,10 +45,9 @@ on what the peer sends (:mod:`punchcat.mux` holds the protocol's half):
   descriptors (its socket and a spool pipe).
 * *CPU.*  The loop recomputes the interest set of only the connections
   something happened to (the *dirty* ones), not of all of them per pass;
-  when ``accept()`` fails (EMFILE and the like: the listener stays
-  readable) the listener is not watched for :data:`ACCEPT_BACKOFF`, and the
-  failure is reported at most once a second; nothing is ever left readable
-  or writable in the selector without being served.
+  the listener rests when ``accept()`` fails (:mod:`punchcat.acceptor`);
+  nothing is ever left readable or writable in the selector without being
+  served.
 """
 
 from __future__ import annotations
@@ -61,11 +59,12 @@ import socket
 import time
 
 from . import sockopts
-from .channel import READ_SIZE, SPLICE_F_NONBLOCK, KernelPipe, Spliced, Spool
-from .endpoints import Endpoint
-from .errors import LinkLost, PunchcatError, check_interrupted
+from .acceptor import Acceptor
+from .channel import HAVE_SPLICE, READ_SIZE, SPLICE_F_NONBLOCK, Spliced, Spool
+from .endpoints import CONNECT_TIMEOUT, Endpoint
+from .errors import check_interrupted
 from .mux import MAX_PAYLOAD, MAX_SESSIONS, WINDOW_SIZE, Credit, Data, Eof, Mux, Opened, Reset
-from .relay import HAVE_SPLICE, Stats, relay
+from .rxsplice import PayloadSplicer
 
 #: Keep the link's queue topped up to about this many bytes.
 LINK_LOW_WATER = 2 * MAX_PAYLOAD
@@ -74,24 +73,16 @@ LINK_LOW_WATER = 2 * MAX_PAYLOAD
 NOTSENT_LOWAT = 256 * 1024
 #: The loop wakes at least this often, to notice a signal (errors.check_interrupted).
 CHECK_INTERVAL = 1.0
-#: How long -c waits for its target to accept a session.
-CONNECT_TIMEOUT = 10.0
 #: Bytes from the peer held for local ends, all sessions: past it the link is not read.
 RECEIVE_BUDGET = 4 * WINDOW_SIZE
 #: Control frames waiting to be sent: past it the link is not read.
 CONTROL_LIMIT = 256 * 1024
 #: DATA queued for the link, all sessions: past it local ends are not read.
 SEND_BUDGET = 4 * MAX_PAYLOAD
-#: After accept() fails (EMFILE, ENFILE, ENOBUFS, ENOMEM), the listener rests this long.
-ACCEPT_BACKOFF = 0.5
-#: accept() failures that only concern one client: try the next at once.
-_ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 #: Most reads of the link per wake-up, so that local ends get their turn.
 LINK_READS = 8
 #: A pending payload at least this large goes to its local end by splice.
 SPLICE_MIN = 32 * 1024
-#: The pipe those payloads pass through (at most this much per splice).
-RX_PIPE = 1024 * 1024
 #: What is read after a spliced payload: the next header and a little more.
 HEADER_READ = 4096
 
@@ -130,6 +121,7 @@ class Forwarder:
         self.mux = Mux(opener, max_sessions)
         self.reporter = reporter
         self.listener = listener
+        self.acceptor = Acceptor(listener, reporter) if listener is not None else None
         self.target = target
         self.max_sessions = max_sessions
         self.half_close_timeout = half_close_timeout
@@ -143,15 +135,12 @@ class Forwarder:
         self._dirty: set[_Local] = set()    # interest sets to recompute
         self._spool_full: set[_Local] = set()
         self._send_open = True              # mux.queued() under SEND_BUDGET
-        self._accept_resume = 0.0
-        self._accept_errors = 0
-        self._accept_report = 0.0
         self._next_sweep = self.now + CHECK_INTERVAL
         # On a plain link, a session's bytes go from the local socket to the
         # link through a pipe of ours, by splice, never through our memory;
         # and large payloads from the link to the local socket through rx.
         self.zero_copy = getattr(channel, "plain", False) and HAVE_SPLICE
-        self.rx: KernelPipe | None = None
+        self.rx = PayloadSplicer()
         self._spliced = False                # the last payload went by splice
 
     # -- the loop -----------------------------------------------------------
@@ -159,8 +148,6 @@ class Forwarder:
         sock = self.channel.sock
         sock.setblocking(False)
         sockopts.limit_unsent(sock, NOTSENT_LOWAT)
-        if self.listener is not None:
-            self.listener.setblocking(False)
         try:
             while True:
                 check_interrupted()
@@ -187,13 +174,13 @@ class Forwarder:
             if self.listener_events:
                 self.sel.unregister(self.listener)
             self.sel.close()
-            if self.rx is not None:
-                self.rx.close()
+            self.rx.close()
 
     def _timeout(self) -> float:
         wake = min(self._next_sweep, self.now + CHECK_INTERVAL)
-        if self.listener is not None and self._accept_resume > self.now:
-            wake = min(wake, self._accept_resume)
+        resume = self.acceptor.wakeup(self.now) if self.acceptor is not None else None
+        if resume is not None:
+            wake = min(wake, resume)
         return max(0.0, wake - time.monotonic())
 
     def _fill_link(self) -> None:
@@ -282,10 +269,10 @@ class Forwarder:
 
     def _splice_payload(self) -> int | None:
         """Move the rest of a large DATA payload from the link to its local
-        socket inside the kernel (through :attr:`rx`, a pipe of ours): the
-        bytes, 0 if the link has none now, -1 at its end; None when this
-        does not apply (no large payload pending, or its local end has a
-        backlog or is still connecting: the copying path serves those)."""
+        socket inside the kernel (:mod:`punchcat.rxsplice`): the bytes, 0 if
+        the link has none now, -1 at its end; None when this does not apply
+        (no large payload pending, or its local end has a backlog or is
+        still connecting: the copying path serves those)."""
         pending = self.mux.payload_pending()
         if pending is None or pending[1] < SPLICE_MIN:
             return None
@@ -293,51 +280,23 @@ class Forwarder:
         local = self.locals.get(sid)
         if local is None or local.out or local.connecting:
             return None
-        if self.rx is None:
-            self.rx = KernelPipe(RX_PIPE)
-        try:
-            n = os.splice(self.channel.sock.fileno(), self.rx.w, min(left, RX_PIPE),
-                          flags=SPLICE_F_NONBLOCK)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError as exc:
-            raise LinkLost.from_os(exc, "receiving") from None
-        if n == 0:
-            return -1
+        n = self.rx.pull(self.channel.sock.fileno(), left)
+        if n <= 0:
+            return n
         self.mux.payload_moved(n)
         self._spliced = True
-        self._rx_to_local(local, n)
-        return n
-
-    def _rx_to_local(self, local: _Local, n: int) -> None:
-        """Splice *n* bytes from :attr:`rx` to *local*; what its socket does
-        not take now is read out into its buffer (the pipe is left empty)."""
-        left = n
-        while left:
-            try:
-                moved = os.splice(self.rx.r, local.sock.fileno(), left, flags=SPLICE_F_NONBLOCK)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self._drain_rx(left)
-                self._close_local(local, abort=True,
-                                  reason=f"local connection failed: {exc.strerror}")
-                return
-            left -= moved
+        moved, rest, error = self.rx.push(local.sock.fileno(), n)
+        if moved:
             local.active = self.now
             self.mux.consumed(local.sid, moved)
-        if left:
-            local.out += self._drain_rx(left)
-            self.held += left
+        if error is not None:
+            self._close_local(local, abort=True,
+                              reason=f"local connection failed: {error.strerror}")
+        elif rest:
+            local.out += rest
+            self.held += len(rest)
             self._dirty.add(local)
-
-    def _drain_rx(self, n: int) -> bytes:
-        parts = []
-        while n:
-            part = os.read(self.rx.r, n)
-            parts.append(part)
-            n -= len(part)
-        return b"".join(parts)
+        return n
 
     def feed(self, data) -> None:
         """Bytes from the link (also what arrived with the commit)."""
@@ -387,46 +346,22 @@ class Forwarder:
 
     # -- local connections --------------------------------------------------
     def _watch_listener(self) -> None:
-        if self.listener is None:
+        if self.acceptor is None:
             return
-        want = (selectors.EVENT_READ if len(self.locals) < self.max_sessions
-                and self.now >= self._accept_resume else 0)
-        if want != self.listener_events and not want and len(self.locals) >= self.max_sessions:
+        room = len(self.locals) < self.max_sessions
+        want = selectors.EVENT_READ if self.acceptor.watch(self.now, room) else 0
+        if want != self.listener_events and not room:
             self.reporter.info(f"{self.max_sessions} sessions open (--max-sessions): new "
                                f"local clients wait")
         self._set_interest(self.listener, self.listener_events, want, "listener")
         self.listener_events = want
 
     def _accept(self) -> None:
-        for _ in range(16):
-            if len(self.locals) >= self.max_sessions:
-                return
-            try:
-                sock, addr = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in _ACCEPT_TRANSIENT:
-                    continue
-                self._accept_failed(exc)
-                return
-            sock.setblocking(False)
+        for sock, addr in self.acceptor.accept(self.now, self.max_sessions - len(self.locals)):
             sid = self.mux.open()
             self.sessions_served += 1
             self.reporter.info(f"session {sid} from {addr[0]}:{addr[1]}")
             self._add_local(_Local(sock, sid, self.now))
-
-    def _accept_failed(self, exc: OSError) -> None:
-        """Rest the listener (it stays readable: watching it would spin) and
-        say so at most once a second."""
-        self._accept_resume = self.now + ACCEPT_BACKOFF
-        self._accept_errors += 1
-        if self.now >= self._accept_report:
-            more = self._accept_errors - 1
-            self.reporter.warning(f"cannot accept a local connection: {exc.strerror or exc}"
-                                  + (f" ({more} more failures)" if more else ""))
-            self._accept_errors = 0
-            self._accept_report = self.now + 1.0
 
     def _connect_target(self, sid: int) -> None:
         target = self.target
@@ -591,20 +526,3 @@ def serve(channel, opener: bool, reporter, listener=None, target: Endpoint | Non
     finally:
         channel.finish()
     return forwarder.sessions_served
-
-
-def serve_raw(channel, target: Endpoint, reporter, initial: bytes = b"") -> Stats:
-    """-c against a peer in pipe mode (ssh's ProxyCommand): one session,
-    relayed raw between the link and a connection to *target*."""
-    try:
-        local = socket.create_connection((target.host, target.port), timeout=CONNECT_TIMEOUT)
-    except OSError as exc:
-        channel.close()
-        raise PunchcatError(f"cannot connect to {target}: {exc.strerror or exc}") from None
-    local.settimeout(None)
-    reporter.info(f"session to {target}")
-    try:
-        return relay(channel, local.fileno(), local.fileno(), initial,
-                     sink_eof=lambda: local.shutdown(socket.SHUT_WR))
-    finally:
-        local.close()

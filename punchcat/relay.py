@@ -3,8 +3,9 @@
 Four directions, as in nc: input (stdin, or a target socket) is read and sent
 to the net; the net is read and written to output (stdout, or the same
 socket).  Each of the two flows runs in its own thread with blocking I/O,
-because stdin and stdout may be regular files or /dev/null, which
-``select``/epoll refuse.  The half-close rules:
+because stdin and stdout may be regular files or /dev/null: epoll (what
+``selectors.DefaultSelector`` uses on Linux) refuses them, and select and
+poll accept them but call them ready at all times.  The half-close rules:
 
 * input ends: shut down our sending side (the peer sees EOF), keep receiving;
 * the peer ends its side: everything has been written out, that flow is
@@ -32,23 +33,23 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import socket
 import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .channel import KernelPipe, grow_pipe
+from .channel import HAVE_SENDFILE, HAVE_SPLICE, KernelPipe, grow_pipe
+from .endpoints import CONNECT_TIMEOUT, Endpoint
 from .errors import InputFailed, LinkLost, OutputFailed, PunchcatError, check_interrupted
-from .sockopts import PORTABLE, gave_up
+from .sockopts import gave_up
 
 BUFSIZE = 1024 * 1024
 #: Most bytes asked of one splice/sendfile call.
 CHUNK = 4 * 1024 * 1024
 #: Pipe size asked for (F_SETPIPE_SZ); the default is 64 KiB.
 PIPE_SIZE = 1024 * 1024
-HAVE_SPLICE = hasattr(os, "splice") and not PORTABLE
-HAVE_SENDFILE = hasattr(os, "sendfile") and not PORTABLE
 
 
 @dataclass
@@ -238,14 +239,13 @@ def _first_cause(exc: PunchcatError, results: queue.Queue, channel) -> PunchcatE
     consequential error the other flow's error is awaited briefly, and the
     socket asked whether the kernel was still retransmitting or probing
     when the connection ended (:func:`punchcat.sockopts.gave_up`)."""
-    if not isinstance(exc, LinkLost) or getattr(exc, "errno", None) not in (errno.EPIPE,
-                                                                           errno.ECONNRESET):
+    if not isinstance(exc, LinkLost) or exc.errno not in (errno.EPIPE, errno.ECONNRESET):
         return exc
     try:
         other = results.get(timeout=CAUSE_GRACE)
     except queue.Empty:
         other = None
-    if isinstance(other, LinkLost) and getattr(other, "errno", None) == errno.ETIMEDOUT:
+    if isinstance(other, LinkLost) and other.errno == errno.ETIMEDOUT:
         return other
     if gave_up(channel.sock):
         return LinkLost.from_os(OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)),
@@ -297,3 +297,20 @@ def relay(channel, source_fd: int, sink_fd: int, leftover: bytes = b"",
         stats.ended = time.monotonic()
         channel.close()
     return stats
+
+
+def serve_raw(channel, target: Endpoint, reporter, initial: bytes = b"") -> Stats:
+    """-c against a peer in pipe mode (ssh's ProxyCommand): one session,
+    relayed raw between the link and a connection to *target*."""
+    try:
+        local = socket.create_connection((target.host, target.port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        channel.close()
+        raise PunchcatError(f"cannot connect to {target}: {exc.strerror or exc}") from None
+    local.settimeout(None)
+    reporter.info(f"session to {target}")
+    try:
+        return relay(channel, local.fileno(), local.fileno(), initial,
+                     sink_eof=lambda: local.shutdown(socket.SHUT_WR))
+    finally:
+        local.close()

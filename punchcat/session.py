@@ -20,19 +20,19 @@ from .agree import Link, agree
 from .channel import PlainChannel
 from .endpoints import Address, listen_socket
 from .errors import Interrupted, PunchcatError, UsageError, check_interrupted
-from .forward import serve, serve_raw
+from .forward import serve
 from .handshake import FLAG_SECRET, Hello, Mode
 from .options import Options
-from .relay import relay
+from .relay import relay, serve_raw
 from .schedule import article_plan
 from .secure import secure
-from .status import VERBOSE, Reporter, describe, show_progress
+from .status import VERBOSE, Reporter, show_progress, transfer_line
 from .traverse import Technique, hops
 from .traverse.birthday import BirthdayPunch
 from .traverse.candidates import ArticlePorts
 from .traverse.diagnosis import Observations
 from .traverse.direct import DirectPunch
-from .traverse.mapped import MappedPorts
+from .traverse.mapped import MappedPunch
 from .traverse.sentinel import SentinelPunch
 
 #: Seconds added to the clock, for testing clock skew (not a user option).
@@ -120,7 +120,7 @@ def punch(opts: Options, routes: dict[Address, hops.HopsResult], reporter: Repor
     if opts.port_mapping and far_v4:
         ports = ArticlePorts(clock, opts.clock_error, opts.run_window, opts.ports, reporter,
                              quiet=True)
-        found.append(MappedPorts(socket.AF_INET, far_v4, ports, reporter, seen[0]))
+        found.append(MappedPunch(socket.AF_INET, far_v4, ports, reporter, seen[0]))
     hello = Hello.fresh(opts.mode, FLAG_SECRET if opts.secret else 0)
     return agree(found, hello, deadline, reporter, seen)
 
@@ -181,4 +181,4 @@ def use_link(link: Link, opts: Options, reporter: Reporter, listener) -> None:
         reporter.info(f"link ended after {served} sessions")
         return
     if opts.stats or opts.level >= VERBOSE:
-        reporter.notice(describe(stats))
+        reporter.notice(transfer_line(stats))

@@ -205,8 +205,8 @@ def test_payloads_reach_their_targets_intact_however_they_travel():
     forwarder = Forwarder(PlainChannel(link), opener=False, reporter=Reporter(NORMAL, Lines()),
                           target=_endpoint(target))
     spliced = []
-    original = forwarder._rx_to_local
-    forwarder._rx_to_local = lambda local, n: (spliced.append(n), original(local, n))
+    original = forwarder.rx.push
+    forwarder.rx.push = lambda fd, n: (spliced.append(n), original(fd, n))[1]
     thread, box = run_forwarder(forwarder)
     try:
         client = Mux(opener=True)

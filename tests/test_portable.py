@@ -18,8 +18,8 @@ PORTABLE = {**os.environ, "PUNCHCAT_PORTABLE": "1"}
 
 
 def test_portable_mode_switches_the_linux_paths_off():
-    probe = ("from punchcat import relay, sockopts; from punchcat.traverse import hops; "
-             "print(relay.HAVE_SPLICE, relay.HAVE_SENDFILE, sockopts.IP_MINTTL, "
+    probe = ("from punchcat import channel, sockopts; from punchcat.traverse import hops; "
+             "print(channel.HAVE_SPLICE, channel.HAVE_SENDFILE, sockopts.IP_MINTTL, "
              "sockopts.IPV6_MINHOPCOUNT, hops.AVAILABLE)")
     out = subprocess.run([sys.executable, "-c", probe], env=PORTABLE, capture_output=True,
                          text=True, check=True).stdout.split()
