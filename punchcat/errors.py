@@ -49,18 +49,24 @@ class AuthenticationFailed(PunchcatError):
 class LinkLost(PunchcatError):
     """The punched connection broke while data was moving."""
 
+    def __init__(self, message: str, errno: int | None = None, doing: str = ""):
+        super().__init__(message)
+        #: The OS's reason (an errno), when a socket call failed: the relay
+        #: picks the cause from it when both flows fail.
+        self.errno = errno
+        #: What the failed call was doing: "sending", "receiving", "closing".
+        self.doing = doing
+
     @classmethod
     def from_os(cls, exc: OSError, doing: str) -> "LinkLost":
         """The one wording for a failed socket call on the link (*doing*:
         "sending", "receiving", "closing"), on every path."""
         if exc.errno == errno.ETIMEDOUT:
-            lost = cls(f"connection lost while {doing}: the peer stopped answering "
+            message = (f"connection lost while {doing}: the peer stopped answering "
                        f"(it or the path to it is gone)")
         else:
-            lost = cls(f"connection lost while {doing}: {exc.strerror or exc}")
-        lost.errno = exc.errno        # the OS's reason, for picking the cause (relay)
-        lost.doing = doing
-        return lost
+            message = f"connection lost while {doing}: {exc.strerror or exc}"
+        return cls(message, exc.errno, doing)
 
 
 class InputFailed(PunchcatError):

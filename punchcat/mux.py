@@ -17,7 +17,7 @@ WINDOW   payload: 4-byte credit; the receiver may take that many more bytes
 =======  ============================================================
 
 *Flow control.*  Each direction of each session has a window: a sender may
-have at most :data:`WINDOW` bytes of DATA that the receiver has not yet
+have at most :data:`WINDOW_SIZE` bytes of DATA that the receiver has not yet
 delivered to its local socket.  The receiver returns credit (WINDOW frames)
 as its local socket takes the bytes.  So a session whose local end stalls
 holds at most one window of buffered data, and never stops the link: the
@@ -102,7 +102,7 @@ class Opened:
 @dataclass(frozen=True)
 class Data:
     sid: int
-    data: bytes
+    data: memoryview     # a view of the bytes fed in: valid until they are reused
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def human(n: float) -> str:
     return f"{n / 1024:.1f} GiB"
 
 
-def describe(stats) -> str:
+def transfer_line(stats) -> str:
     """The --stats line for a transfer (a :class:`punchcat.relay.Stats`)."""
     rate = (stats.sent + stats.received) / max(stats.duration, 1e-6)
     return (f"sent {stats.sent} bytes, received {stats.received} bytes in "

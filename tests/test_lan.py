@@ -1,4 +1,4 @@
-"""Two machines near each other (issue 17): one link, one plain router, one
+"""Two machines near each other: one link, one plain router, one
 shared NAT router.  Real punchcat processes in the lab (root; see conftest)."""
 
 import pytest

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "punchcat"
 LAYERS = [
     # foundations: no punchcat imports but errors
     ["errors", "schedule", "status", "sockopts", "mux", "handshake", "channel", "endpoints",
-     "srp"],
+     "srp", "secret"],
     # punch techniques and the secret
     ["portmap", "portmap.common", "portmap.natpmp", "portmap.pcp", "portmap.upnp", "portmap.local",
      "portmap.client",
@@ -22,7 +22,7 @@ LAYERS = [
      "traverse.mapped",
      "secure"],
     # agreeing on a connection; moving data
-    ["agree", "relay", "forward"],
+    ["agree", "relay", "acceptor", "rxsplice", "forward"],
     # one run, and the command lines
     ["options", "session", "whoami", "entry", "cli", "__main__", "__init__"],
     # the lab, on top of everything

@@ -227,7 +227,7 @@ def test_a_session_leaves_no_half_open_entries_in_the_routers(make_lab, payload,
         assert len(half_open) <= 1, table                        # was one per port (31)
 
 
-# -- issue 13: a NAT that gives each connection a random port -----------------
+# -- a NAT that gives each connection a random port ---------------------------
 
 @pytest.mark.parametrize("random_side, answer", [("a", "drop"), ("b", "reject")])
 def test_one_side_randomises_ports_and_the_fallback_connects(make_lab, payload, random_side,
@@ -280,7 +280,7 @@ def test_too_few_file_descriptors_for_the_fallback_is_said(make_lab):
             in failure_line(runs["a"]))
 
 
-# -- issue 12: a host behind two NATs (a container bridge behind the home router) --
+# -- a host behind two NATs (a container bridge behind the home router) ---------
 
 @pytest.mark.parametrize("answer", ["drop", "reject"])
 @pytest.mark.parametrize("inner", ["a", "b", "ab"])

@@ -1,4 +1,4 @@
-"""The secret against active attackers in the NAT lab (issue 16): a fake peer
+"""The secret against active attackers in the NAT lab: a fake peer
 that wins the punch without the secret, a relaying man in the middle,
 garbage and truncated SRP messages; and a wrong secret with -L/-c.
 

@@ -59,7 +59,7 @@ class Removal:
             mapper.close(REMOVAL_TIME)
 
 
-class MappedPorts:
+class MappedPunch:
     """Port mapping on the home router and listeners on the mapped ports."""
 
     def __init__(self, family: int, peers: list[str], candidates: ArticlePorts, reporter,
