@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from punchcat.traverse import hops
+from punchcat.traverse.diagnosis import Observations, explain
 from punchcat.traverse.hops import (LOCAL, SILENT, TIME_EXCEEDED, UNREACHABLE, Hop, classify,
-                           is_inside, parse_extended_err)
+                                    parse_extended_err)
 
 # -- parsing ----------------------------------------------------------------------
 
@@ -96,20 +97,6 @@ def test_truncated_messages():
 def test_parsing_never_raises(level, data):
     err = parse_extended_err(level, 11 if level == 0 else 25, data)
     assert err is None or err.kind in (TIME_EXCEEDED, UNREACHABLE, hops.OTHER, LOCAL)
-
-
-# -- addresses --------------------------------------------------------------------
-
-@pytest.mark.parametrize("address,inside", [
-    ("10.1.2.3", True), ("172.16.0.1", True), ("172.31.255.254", True), ("172.32.0.1", False),
-    ("192.168.1.1", True), ("100.64.0.1", True), ("100.127.255.254", True),
-    ("100.128.0.1", False), ("169.254.1.1", True), ("127.0.0.1", True),
-    ("198.51.100.1", False), ("203.0.113.20", False), ("192.0.2.2", False),  # documentation
-    ("198.18.1.1", False), ("8.8.8.8", False),
-    ("fd00::1", True), ("fe80::1", True), ("::1", True), ("2001:db8:1::1", False),
-    ("::ffff:192.168.1.1", True), ("::ffff:8.8.8.8", False)])
-def test_inside_addresses(address, inside):
-    assert is_inside(address) is inside
 
 
 # -- classification ---------------------------------------------------------------
@@ -289,6 +276,17 @@ def test_guard_follows_the_hop_where_the_sentinel_dies():
     assert r.guard() == pytest.approx(0.12) and r.guard(3) == hops.GUARD_MAX
     assert classify(PEER, path(None, "198.51.100.1", "192.0.2.2"), max_ttl=8).guard(1) \
         == hops.GUARD_UNKNOWN
+
+
+def test_the_failure_line_names_a_carrier_grade_nat_on_our_side():
+    seen = Observations(PEER, socket.AF_INET, 1.0, clock=lambda: 0.0, ports=32, probes=4)
+    seen.route = classify(PEER, path("192.168.1.1", "100.64.0.1", "198.51.100.1", "192.0.2.2"),
+                          max_ttl=8)
+    line = explain(seen)
+    assert f"this side: {seen.route.describe()}" in line
+    assert "behind a carrier-grade NAT (100.64.0.1)" in line
+    seen.route = classify(PEER, path("192.168.1.1", "198.51.100.1", "100.64.0.1"), max_ttl=8)
+    assert "carrier-grade NAT (" not in explain(seen)        # beyond our side: not ours
 
 
 ADDRESSES = ["192.168.1.1", "172.17.0.1", "10.0.0.1", "100.64.0.1", "169.254.0.1",

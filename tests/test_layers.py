@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "punchcat"
 LAYERS = [
     # foundations: no punchcat imports but errors
     ["errors", "schedule", "status", "sockopts", "mux", "handshake", "channel", "endpoints",
-     "srp"],
+     "srp", "addresses", "routes"],
     # punch techniques and the secret
     ["portmap", "portmap.common", "portmap.natpmp", "portmap.pcp", "portmap.upnp", "portmap.local",
      "portmap.client",

@@ -28,11 +28,11 @@ Classification (:func:`classify`, pure)
 ----------------------------------------
 *Inside* addresses are private (RFC 1918), shared (100.64.0.0/10),
 link-local and loopback, and for IPv6 unique-local, link-local and loopback
-(:func:`is_inside`).  The path is read in TTL order up to its *end*: the
-first answer from the peer's own address (the peer is ``d`` hops away), or
-the first refusal (unreachable and the like) from another address, a *wall*
-at hop ``w``; a wall with an inside address is our own firewall, which
-blocks UDP but tells nothing about the peer.
+(:func:`punchcat.addresses.is_inside`).  The path is read in TTL order up to
+its *end*: the first answer from the peer's own address (the peer is ``d``
+hops away), or the first refusal (unreachable and the like) from another
+address, a *wall* at hop ``w``; a wall with an inside address is our own
+firewall, which blocks UDP but tells nothing about the peer.
 
 * **Our side** ends before the first *outside* hop: the first hop that
   answered *time exceeded* from a public address (or a public wall).  The
@@ -125,6 +125,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from ..addresses import is_inside, is_near, unmapped
+from ..routes import on_link
 from ..sockopts import PORTABLE
 
 #: The error queue is Linux's (elsewhere the numbers below mean other options).
@@ -177,65 +179,15 @@ GUARD_UNKNOWN = 0.1
 PORT = 33434
 PAYLOAD = b"punchcat hops"
 
-_INSIDE = [ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",     # RFC 1918
-    "100.64.0.0/10",                                     # shared (carrier NAT)
-    "169.254.0.0/16", "127.0.0.0/8",                     # link-local, loopback
-    "fc00::/7", "fe80::/10", "::1/128")]                 # unique-local, link-local, loopback
-
-
-#: Addresses a peer has only on our own network: it is near, no NAT between.
-_NEAR = [ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
-    "fc00::/7", "fe80::/10")]
-
-
 def nearby(peer: str) -> str | None:
     """Why *peer* is on our own network (a private address, or on one of our
     links), so that no NAT lies between and no discovery is needed; else None."""
     ip = ipaddress.ip_address(peer.split("%")[0])
-    if any(ip in net for net in _NEAR if net.version == ip.version):
+    if is_near(ip):
         return "a private address, on this network"
     if not ip.is_loopback and on_link(ip):
         return "on this host's link"
     return None
-
-
-def on_link(ip: ipaddress._BaseAddress) -> bool:
-    """Whether the most specific route to *ip* has no gateway (Linux /proc)."""
-    if ip.is_loopback:
-        return True
-    best, direct = -1, False
-    try:
-        if ip.version == 4:
-            with open("/proc/net/route") as table:
-                for line in list(table)[1:]:
-                    fields = line.split()
-                    dest, gateway, flags, mask = (int(fields[i], 16) for i in (1, 2, 3, 7))
-                    net = int.from_bytes(dest.to_bytes(4, "little"), "big")
-                    bits = int.from_bytes(mask.to_bytes(4, "little"), "big")
-                    prefix = bin(bits).count("1")
-                    if int(ip) & bits == net and prefix > best and flags & 1:
-                        best, direct = prefix, gateway == 0 and prefix > 0
-        else:
-            with open("/proc/net/ipv6_route") as table:
-                for line in table:
-                    fields = line.split()
-                    prefix, nexthop = int(fields[1], 16), int(fields[4], 16)
-                    net = ipaddress.ip_network((int(fields[0], 16), prefix))
-                    if ip in net and prefix > best and fields[9] != "lo":
-                        best, direct = prefix, nexthop == 0 and prefix > 0
-    except (OSError, ValueError, IndexError):
-        return False
-    return direct
-
-
-def is_inside(address: str) -> bool:
-    """Whether *address* is one a NAT or a home network uses on the inside."""
-    ip = ipaddress.ip_address(address)
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in _INSIDE if net.version == ip.version)
 
 
 # -- the error queue ------------------------------------------------------------
@@ -280,8 +232,7 @@ def parse_extended_err(level: int, kind: int, data: bytes) -> ExtendedError | No
         if family == socket.AF_INET and len(data) >= _EE.size + 8:
             offender = socket.inet_ntop(socket.AF_INET, data[_EE.size + 4:_EE.size + 8])
         elif family == socket.AF_INET6 and len(data) >= _EE.size + 24:
-            ip = ipaddress.IPv6Address(data[_EE.size + 8:_EE.size + 24])
-            offender = str(ip.ipv4_mapped or ip)
+            offender = str(unmapped(ipaddress.IPv6Address(data[_EE.size + 8:_EE.size + 24])))
     return ExtendedError(err, origin, icmp_type, code, info, extra, offender)
 
 
@@ -372,17 +323,13 @@ def _same(address: str | None, peer: ipaddress._BaseAddress) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip == peer
+    return unmapped(ip) == peer
 
 
 def classify(peer: str, hops: Iterable[Hop], far: Hop | None = None,
              max_ttl: int | None = None, elapsed: float = 0.0) -> HopsResult:
     """Read the probes' answers (module docstring) and recommend sentinel TTLs."""
-    peer_ip = ipaddress.ip_address(peer)
-    if peer_ip.version == 6 and peer_ip.ipv4_mapped is not None:
-        peer_ip = peer_ip.ipv4_mapped
+    peer_ip = unmapped(ipaddress.ip_address(peer))
     table = _hop_table(hops, max_ttl)
     top = len(table)
 
