@@ -17,9 +17,9 @@ LAYERS = [
     # punch techniques and the secret
     ["portmap", "portmap.common", "portmap.natpmp", "portmap.pcp", "portmap.upnp", "portmap.local",
      "portmap.client",
-     "traverse", "traverse.timing", "traverse.hops", "traverse.diagnosis", "traverse.candidates",
-     "traverse.tidy", "traverse.sentinel", "traverse.direct", "traverse.birthday",
-     "traverse.mapped",
+     "traverse", "traverse.timing", "traverse.errqueue", "traverse.hops", "traverse.diagnosis",
+     "traverse.candidates", "traverse.tidy", "traverse.sentinel", "traverse.direct",
+     "traverse.birthday", "traverse.mapped",
      "secure"],
     # agreeing on a connection; moving data
     ["agree", "relay", "forward"],

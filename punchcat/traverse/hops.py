@@ -15,10 +15,9 @@ Probes
 One UDP socket per TTL 1 … ``max_ttl`` (and one at :data:`FAR_TTL`), each
 connected to the peer's address on one port and sending a few bytes at once,
 in increasing TTL order.  With ``IP_RECVERR`` (``IPV6_RECVERR``) the kernel
-queues every ICMP error about a socket's datagram on its error queue; read
-with ``recvmsg(..., MSG_ERRQUEUE)``, each comes with one control message:
-``struct sock_extended_err`` (errno, origin, ICMP type and code) followed by
-the address of the node that sent the ICMP (:func:`parse_extended_err`).
+queues every ICMP error about a socket's datagram on its error queue, with
+the ICMP type and code and the address of the node that sent it
+(:mod:`punchcat.traverse.errqueue`).
 The router at hop *t* answers the TTL-*t* probe with *time exceeded*; the
 peer's address answers a probe that reaches it with *port unreachable* (or,
 a filtering router, says nothing).  Routers beyond a NAT are reached through
@@ -119,7 +118,6 @@ import json
 import selectors
 import socket
 import statistics
-import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -127,33 +125,10 @@ from typing import Iterable, Sequence
 
 from ..addresses import is_inside, is_near, unmapped
 from ..routes import on_link
-from ..sockopts import PORTABLE
+from .errqueue import AVAILABLE, LOCAL, TIME_EXCEEDED, probe_socket, read_errors
 
-#: The error queue is Linux's (elsewhere the numbers below mean other options).
-AVAILABLE = sys.platform.startswith("linux") and not PORTABLE
-#: Linux values, for Pythons whose socket module lacks the names.
-SOL_IP = getattr(socket, "SOL_IP", 0)
-SOL_IPV6 = getattr(socket, "SOL_IPV6", socket.IPPROTO_IPV6)
-IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
-IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
-MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
-
-#: ``sock_extended_err.ee_origin``.
-SO_EE_ORIGIN_NONE = 0
-SO_EE_ORIGIN_LOCAL = 1
-SO_EE_ORIGIN_ICMP = 2
-SO_EE_ORIGIN_ICMP6 = 3
-
-#: ``struct sock_extended_err``: ee_errno, ee_origin, ee_type, ee_code,
-#: ee_pad, ee_info, ee_data (native byte order), then the offender's sockaddr.
-_EE = struct.Struct("=IBBBBII")
-_SA_FAMILY = struct.Struct("=H")
-
-#: What a hop's answer was.
-TIME_EXCEEDED = "time-exceeded"
-UNREACHABLE = "unreachable"
-OTHER = "other"          # another ICMP error (parameter problem, ...)
-LOCAL = "local"          # an error raised by our own kernel, not a hop
+#: What a hop's answer was: the kind of its error (:mod:`.errqueue`:
+#: time exceeded, unreachable, other, local), or none at all.
 SILENT = "silent"
 
 #: Probes TTL 1 … MAX_TTL, and one more at FAR_TTL to learn whether the peer
@@ -188,52 +163,6 @@ def nearby(peer: str) -> str | None:
     if not ip.is_loopback and on_link(ip):
         return "on this host's link"
     return None
-
-
-# -- the error queue ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ExtendedError:
-    """One ``IP_RECVERR``/``IPV6_RECVERR`` control message, decoded."""
-
-    errno: int
-    origin: int
-    type: int
-    code: int
-    info: int
-    data: int
-    offender: str | None      # who sent the ICMP; None for a local error
-
-    @property
-    def kind(self) -> str:
-        if self.origin == SO_EE_ORIGIN_ICMP:
-            return {11: TIME_EXCEEDED, 3: UNREACHABLE}.get(self.type, OTHER)
-        if self.origin == SO_EE_ORIGIN_ICMP6:
-            return {3: TIME_EXCEEDED, 1: UNREACHABLE}.get(self.type, OTHER)
-        return LOCAL
-
-
-def parse_extended_err(level: int, kind: int, data: bytes) -> ExtendedError | None:
-    """Decode one control message from ``recvmsg(..., MSG_ERRQUEUE)``.
-
-    Returns None for any other control message or a truncated one.  The
-    offender is the sockaddr right after the 16-byte ``sock_extended_err``
-    (``SO_EE_OFFENDER``): ``sockaddr_in`` (16 bytes) or ``sockaddr_in6`` (28);
-    its family is ``AF_UNSPEC`` for errors of local origin.
-    """
-    if (level, kind) not in ((SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR)):
-        return None
-    if len(data) < _EE.size:
-        return None
-    err, origin, icmp_type, code, _pad, info, extra = _EE.unpack_from(data)
-    offender = None
-    if len(data) >= _EE.size + _SA_FAMILY.size:
-        (family,) = _SA_FAMILY.unpack_from(data, _EE.size)
-        if family == socket.AF_INET and len(data) >= _EE.size + 8:
-            offender = socket.inet_ntop(socket.AF_INET, data[_EE.size + 4:_EE.size + 8])
-        elif family == socket.AF_INET6 and len(data) >= _EE.size + 24:
-            offender = str(unmapped(ipaddress.IPv6Address(data[_EE.size + 8:_EE.size + 24])))
-    return ExtendedError(err, origin, icmp_type, code, info, extra, offender)
 
 
 # -- classification -------------------------------------------------------------
@@ -479,39 +408,6 @@ def _family_of(peer: str) -> int:
     return socket.AF_INET6 if ipaddress.ip_address(peer).version == 6 else socket.AF_INET
 
 
-def _probe_socket(family: int, ttl: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _read_errors(sock: socket.socket) -> list[ExtendedError]:
-    """Drain *sock*'s error queue (and any plain datagram) without blocking."""
-    found = []
-    while True:
-        try:
-            _data, ancdata, _flags, _addr = sock.recvmsg(256, 512, MSG_ERRQUEUE)
-        except (BlockingIOError, InterruptedError):
-            break
-        except OSError:
-            break
-        for level, kind, data in ancdata:
-            err = parse_extended_err(level, kind, data)
-            if err is not None:
-                found.append(err)
-    return found
-
-
 def discover(peer: str, port: int = PORT, max_ttl: int = MAX_TTL,
              timeout: float = TIMEOUT, far_ttl: int | None = FAR_TTL) -> HopsResult:
     """Probe the path toward *peer* (an IPv4 or IPv6 address) and classify it.
@@ -548,7 +444,7 @@ def discover(peer: str, port: int = PORT, max_ttl: int = MAX_TTL,
 
     def send(ttl: int) -> None:
         try:
-            sock = _probe_socket(family, ttl)
+            sock = probe_socket(family, ttl)
         except OSError:
             return
         socks.append(sock)
@@ -587,10 +483,10 @@ def discover(peer: str, port: int = PORT, max_ttl: int = MAX_TTL,
             wait = min(until, next_send) if unsent else until
             for key, _events in sel.select(max(0.0, wait - now)):
                 sock, ttl = key.fileobj, key.data
-                for err in _read_errors(sock):
+                for err in read_errors(sock):
                     if ttl in answers and answers[ttl].answered:
                         continue
-                    icmp = err.origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6)
+                    icmp = err.from_icmp
                     answers[ttl] = Hop(ttl, err.offender if icmp else None, err.kind,
                                        rtt=time.monotonic() - sent[ttl],
                                        icmp=(err.type, err.code) if icmp else None,
