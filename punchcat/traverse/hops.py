@@ -226,8 +226,49 @@ class HopsResult:
         return min(GUARD_MAX, max(GUARD_MIN, 4 * hop.rtt))
 
     def describe(self) -> str:
-        """One line for ``-v``."""
-        return describe(self)
+        """One line for ``-v`` and the failure line, e.g. "2 NATs on this side
+        (172.17.0.1, 192.168.1.1); sentinel TTL 3"."""
+        if self.near:
+            return f"peer is {self.near}; no sentinels: plain simultaneous open"
+        if self.own_router:
+            return ("the peer's address is this side's own router (it answered from hop 1); "
+                    "no sentinels: plain simultaneous open")
+        ours = [h.address or "silent" for h in self.hops[:self.inside]]
+        ours += ["?"] * (self.inside - len(ours))
+        if self.peer_distance is not None and not self.sentinel and self.inside_known:
+            d = self.peer_distance
+            where = ("same link" if d == 1 else
+                     "via " + ", ".join(h.address or "silent" for h in self.hops[:d - 1]))
+            return (f"peer is {_plural(d, 'hop')} away ({where}); "
+                    f"no sentinels: plain simultaneous open")
+        if self.inside_known:
+            if self.inside:
+                side = f"{_plural(self.inside, 'NAT')} on this side ({', '.join(ours)})"
+            else:
+                first = next((h for h in self.hops if h.answered), None)
+                public = f" (hop 1, {first.address}, is public)" if first and first.ttl == 1 else ""
+                side = "no NAT on this side" + public
+        elif self.inside:
+            side = (f"at least {_plural(self.inside, 'NAT')} on this side ({', '.join(ours)}), " +
+                    (f"hop {self.blocked} refuses the probes" if self.blocked is not None
+                     else "nothing heard from outside"))
+        elif not self.probed:
+            side = "could not probe the path"
+        else:
+            side = "no hop answered"
+        if self.peer_distance is not None:
+            side += f", peer {_plural(self.peer_distance, 'hop')} away"
+        elif self.wall is not None:
+            side += f", hop {self.wall} refuses the probes"
+        elif self.peer_answered:
+            side += f", peer more than {_plural(len(self.hops), 'hop')} away"
+        if not self.ttls:
+            return f"{side}; no sentinels: plain simultaneous open"
+        if len(self.ttls) == 1:
+            tail = f"sentinel TTL {self.ttls[0]}"
+        else:
+            tail = f"sentinel TTLs {', '.join(map(str, self.ttls))} in rotation"
+        return f"{side}; {tail}" + ("" if self.conclusive else " (unsure)")
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -356,50 +397,6 @@ def classify(peer: str, hops: Iterable[Hop], far: Hop | None = None,
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def describe(result: HopsResult) -> str:
-    """A human line, e.g. "2 NATs on this side (172.17.0.1, 192.168.1.1); sentinel TTL 3"."""
-    if result.near:
-        return f"peer is {result.near}; no sentinels: plain simultaneous open"
-    if result.own_router:
-        return ("the peer's address is this side's own router (it answered from hop 1); "
-                "no sentinels: plain simultaneous open")
-    ours = [h.address or "silent" for h in result.hops[:result.inside]]
-    ours += ["?"] * (result.inside - len(ours))
-    if result.peer_distance is not None and not result.sentinel and result.inside_known:
-        d = result.peer_distance
-        where = ("same link" if d == 1 else
-                 "via " + ", ".join(h.address or "silent" for h in result.hops[:d - 1]))
-        return f"peer is {_plural(d, 'hop')} away ({where}); no sentinels: plain simultaneous open"
-    if result.inside_known:
-        if result.inside:
-            side = f"{_plural(result.inside, 'NAT')} on this side ({', '.join(ours)})"
-        else:
-            first = next((h for h in result.hops if h.answered), None)
-            side = ("no NAT on this side" +
-                    (f" (hop 1, {first.address}, is public)" if first and first.ttl == 1 else ""))
-    elif result.inside:
-        side = (f"at least {_plural(result.inside, 'NAT')} on this side ({', '.join(ours)}), " +
-                (f"hop {result.blocked} refuses the probes" if result.blocked is not None
-                 else "nothing heard from outside"))
-    elif not result.probed:
-        side = "could not probe the path"
-    else:
-        side = "no hop answered"
-    if result.peer_distance is not None:
-        side += f", peer {_plural(result.peer_distance, 'hop')} away"
-    elif result.wall is not None:
-        side += f", hop {result.wall} refuses the probes"
-    elif result.peer_answered:
-        side += f", peer more than {_plural(len(result.hops), 'hop')} away"
-    if not result.ttls:
-        return f"{side}; no sentinels: plain simultaneous open"
-    if len(result.ttls) == 1:
-        tail = f"sentinel TTL {result.ttls[0]}"
-    else:
-        tail = f"sentinel TTLs {', '.join(map(str, result.ttls))} in rotation"
-    return f"{side}; {tail}" + ("" if result.conclusive else " (unsure)")
 
 
 # -- probing --------------------------------------------------------------------
