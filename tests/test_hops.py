@@ -1,116 +1,18 @@
-"""Sentinel TTL discovery: error-queue parsing and classification (pure), and
-probes over loopback (no privileges needed)."""
+"""Sentinel TTL discovery: classification (pure), and probes over loopback (no
+privileges needed).  Reading the error queue: test_errqueue.py; address
+classes: test_addresses.py."""
 
 import errno
 import socket
-import struct
 import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from punchcat.traverse import hops
-from punchcat.traverse.hops import (LOCAL, SILENT, TIME_EXCEEDED, UNREACHABLE, Hop, classify,
-                           is_inside, parse_extended_err)
-
-# -- parsing ----------------------------------------------------------------------
-
-
-def ee(err, origin, icmp_type, code, info=0, data=0) -> bytes:
-    return struct.pack("=IBBBBII", err, origin, icmp_type, code, 0, info, data)
-
-
-def sockaddr_in(address: str, port: int = 0) -> bytes:
-    return (struct.pack("=H", socket.AF_INET) + struct.pack("!H", port)
-            + socket.inet_aton(address) + bytes(8))
-
-
-def sockaddr_in6(address: str, port: int = 0, scope: int = 0) -> bytes:
-    return (struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, 0)
-            + socket.inet_pton(socket.AF_INET6, address) + struct.pack("=I", scope))
-
-
-def test_ipv4_time_exceeded():
-    data = ee(errno.EHOSTUNREACH, hops.SO_EE_ORIGIN_ICMP, 11, 0) + sockaddr_in("192.168.1.1")
-    err = parse_extended_err(socket.IPPROTO_IP, hops.IP_RECVERR, data)
-    assert err == hops.ExtendedError(errno.EHOSTUNREACH, 2, 11, 0, 0, 0, "192.168.1.1")
-    assert err.kind == TIME_EXCEEDED
-
-
-def test_ipv4_port_unreachable():
-    data = ee(errno.ECONNREFUSED, hops.SO_EE_ORIGIN_ICMP, 3, 3) + sockaddr_in("203.0.113.20")
-    err = parse_extended_err(0, 11, data)
-    assert (err.offender, err.kind, err.type, err.code) == ("203.0.113.20", UNREACHABLE, 3, 3)
-
-
-def test_ipv4_other_icmp_error():
-    data = ee(errno.EPROTO, hops.SO_EE_ORIGIN_ICMP, 12, 0) + sockaddr_in("10.0.0.1")
-    assert parse_extended_err(0, 11, data).kind == hops.OTHER
-
-
-def test_ipv6_time_exceeded_and_port_unreachable():
-    data = ee(errno.EHOSTUNREACH, hops.SO_EE_ORIGIN_ICMP6, 3, 0) + sockaddr_in6("2001:db8:1::1")
-    err = parse_extended_err(socket.IPPROTO_IPV6, hops.IPV6_RECVERR, data)
-    assert (err.offender, err.kind) == ("2001:db8:1::1", TIME_EXCEEDED)
-    data = ee(errno.ECONNREFUSED, hops.SO_EE_ORIGIN_ICMP6, 1, 4) + sockaddr_in6("2001:db8:b::2")
-    err = parse_extended_err(41, 25, data)
-    assert (err.offender, err.kind, err.code) == ("2001:db8:b::2", UNREACHABLE, 4)
-
-
-def test_ipv6_bytes_as_linux_delivered_them():
-    # recvmsg(MSG_ERRQUEUE) on x86_64, Linux 6.18: hop 1 of the IPv6 lab.
-    data = (b"q\x00\x00\x00\x03\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
-            b"\n\x00\x00\x00\x00\x00\x00\x00 \x01\r\xb8\x00\n\x00\x00\x00\x00\x00\x00"
-            b"\x00\x00\x00\x01\x00\x00\x00\x00")
-    err = parse_extended_err(41, 25, data)
-    assert err == hops.ExtendedError(113, 3, 3, 0, 0, 0, "2001:db8:a::1")
-
-
-def test_ipv4_mapped_offender_reads_as_ipv4():
-    data = ee(errno.EHOSTUNREACH, hops.SO_EE_ORIGIN_ICMP, 11, 0) + sockaddr_in6("::ffff:10.1.2.3")
-    assert parse_extended_err(0, 11, data).offender == "10.1.2.3"
-
-
-def test_local_error_has_no_offender():
-    data = ee(errno.EMSGSIZE, hops.SO_EE_ORIGIN_LOCAL, 0, 0, info=1400) + bytes(16)
-    err = parse_extended_err(0, 11, data)
-    assert err.offender is None and err.kind == LOCAL and err.info == 1400
-
-
-@pytest.mark.parametrize("level,kind", [(0, 2), (41, 52), (1, 11), (0, 25)])
-def test_other_control_messages_are_ignored(level, kind):
-    data = ee(errno.EHOSTUNREACH, 2, 11, 0) + sockaddr_in("192.168.1.1")
-    assert parse_extended_err(level, kind, data) is None
-
-
-def test_truncated_messages():
-    full = ee(errno.EHOSTUNREACH, 2, 11, 0) + sockaddr_in("192.168.1.1")
-    assert parse_extended_err(0, 11, full[:15]) is None
-    assert parse_extended_err(0, 11, full[:16]).offender is None       # no sockaddr at all
-    assert parse_extended_err(0, 11, full[:20]).offender is None       # cut in the address
-    six = ee(errno.EHOSTUNREACH, 3, 3, 0) + sockaddr_in6("2001:db8::1")
-    assert parse_extended_err(41, 25, six[:30]).offender is None
-
-
-@given(level=st.sampled_from([0, 41]), data=st.binary(max_size=64))
-def test_parsing_never_raises(level, data):
-    err = parse_extended_err(level, 11 if level == 0 else 25, data)
-    assert err is None or err.kind in (TIME_EXCEEDED, UNREACHABLE, hops.OTHER, LOCAL)
-
-
-# -- addresses --------------------------------------------------------------------
-
-@pytest.mark.parametrize("address,inside", [
-    ("10.1.2.3", True), ("172.16.0.1", True), ("172.31.255.254", True), ("172.32.0.1", False),
-    ("192.168.1.1", True), ("100.64.0.1", True), ("100.127.255.254", True),
-    ("100.128.0.1", False), ("169.254.1.1", True), ("127.0.0.1", True),
-    ("198.51.100.1", False), ("203.0.113.20", False), ("192.0.2.2", False),  # documentation
-    ("198.18.1.1", False), ("8.8.8.8", False),
-    ("fd00::1", True), ("fe80::1", True), ("::1", True), ("2001:db8:1::1", False),
-    ("::ffff:192.168.1.1", True), ("::ffff:8.8.8.8", False)])
-def test_inside_addresses(address, inside):
-    assert is_inside(address) is inside
-
+from punchcat.traverse.diagnosis import Observations, explain
+from punchcat.traverse.errqueue import LOCAL, OTHER, TIME_EXCEEDED, UNREACHABLE
+from punchcat.traverse.hops import SILENT, Hop, classify
 
 # -- classification ---------------------------------------------------------------
 
@@ -291,6 +193,17 @@ def test_guard_follows_the_hop_where_the_sentinel_dies():
         == hops.GUARD_UNKNOWN
 
 
+def test_the_failure_line_names_a_carrier_grade_nat_on_our_side():
+    seen = Observations(PEER, socket.AF_INET, 1.0, clock=lambda: 0.0, ports=32, probes=4)
+    seen.route = classify(PEER, path("192.168.1.1", "100.64.0.1", "198.51.100.1", "192.0.2.2"),
+                          max_ttl=8)
+    line = explain(seen)
+    assert f"this side: {seen.route.describe()}" in line
+    assert "behind a carrier-grade NAT (100.64.0.1)" in line
+    seen.route = classify(PEER, path("192.168.1.1", "198.51.100.1", "100.64.0.1"), max_ttl=8)
+    assert "carrier-grade NAT (" not in explain(seen)        # beyond our side: not ours
+
+
 ADDRESSES = ["192.168.1.1", "172.17.0.1", "10.0.0.1", "100.64.0.1", "169.254.0.1",
              "198.51.100.1", "192.0.2.2", "8.8.8.8", "203.0.113.1", PEER]
 
@@ -307,7 +220,7 @@ def hop_lists(draw):
         elif what == "unreach":
             found.append(unreach(ttl, address, draw(st.integers(0, 15))))
         elif what == "other":
-            found.append(Hop(ttl, address, hops.OTHER, icmp=(12, 0)))
+            found.append(Hop(ttl, address, OTHER, icmp=(12, 0)))
         elif what == "local":
             found.append(Hop(ttl, None, LOCAL, error="EMSGSIZE"))
     far = draw(st.sampled_from([None, unreach(64, PEER), unreach(64, "192.0.2.2"),
@@ -377,7 +290,7 @@ def test_the_deadline_holds_when_nothing_answers():
 def test_no_probe_possible_falls_back_to_ttl_2(monkeypatch):
     def no_socket(family, ttl):
         raise OSError(errno.ENOPROTOOPT, "no IP_RECVERR here")
-    monkeypatch.setattr(hops, "_probe_socket", no_socket)
+    monkeypatch.setattr(hops, "probe_socket", no_socket)
     started = time.monotonic()
     r = hops.discover("127.0.0.1")
     assert time.monotonic() - started < 0.05

@@ -13,13 +13,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "punchcat"
 LAYERS = [
     # foundations: no punchcat imports but errors
     ["errors", "schedule", "status", "sockopts", "mux", "handshake", "channel", "endpoints",
-     "srp", "secret"],
+     "srp", "secret", "addresses", "routes"],
     # punch techniques and the secret
     ["portmap", "portmap.common", "portmap.natpmp", "portmap.pcp", "portmap.upnp", "portmap.local",
      "portmap.client",
-     "traverse", "traverse.timing", "traverse.hops", "traverse.diagnosis", "traverse.candidates",
-     "traverse.tidy", "traverse.sentinel", "traverse.direct", "traverse.birthday",
-     "traverse.mapped",
+     "traverse", "traverse.timing", "traverse.errqueue", "traverse.hops", "traverse.diagnosis",
+     "traverse.candidates", "traverse.tidy", "traverse.sentinel", "traverse.direct",
+     "traverse.birthday", "traverse.mapped",
      "secure"],
     # agreeing on a connection; moving data
     ["agree", "relay", "acceptor", "rxsplice", "forward"],

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from punchcat.portmap import natpmp, pcp, upnp
 from punchcat.portmap.client import Engine, PortMapper, whoami
-from punchcat.portmap.common import MalformedResponse, classify_ipv4, escape
+from punchcat.portmap.common import MalformedResponse, escape
 from punchcat.portmap.local import default_gateways, default_gateways_v6, global_ipv6_addresses
 
 #: PUNCHCAT_FUZZ_EXAMPLES=5000 for a longer run.
@@ -488,14 +488,6 @@ def test_escape():
 @given(st.text())
 def test_escape_is_printable(text):
     assert escape(text).isprintable()
-
-
-def test_classify():
-    assert classify_ipv4("192.168.0.5") == "private"
-    assert classify_ipv4("10.0.0.1") == "private" and classify_ipv4("172.31.0.1") == "private"
-    assert classify_ipv4("100.64.1.1") == "shared" and classify_ipv4("100.127.255.255") == "shared"
-    assert classify_ipv4("100.128.0.1") == "public" and classify_ipv4("5.5.5.1") == "public"
-    assert classify_ipv4("0.0.0.0") == "unspecified" and classify_ipv4("169.254.1.1") == "other-special"
 
 
 def test_default_gateways(tmp_path):

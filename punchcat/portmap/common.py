@@ -1,9 +1,10 @@
-"""What the portmap codecs and client share: the one parse error, the
-escaping of router-supplied text, and address classification."""
+"""What the portmap codecs and client share: the one parse error and the
+escaping of router-supplied text."""
 
 from __future__ import annotations
 
-import ipaddress
+# The client classifies the router's WAN address; the classes are punchcat.addresses'.
+from ..addresses import classify_ipv4
 
 
 class MalformedResponse(ValueError):
@@ -34,23 +35,3 @@ def escape(text: object, limit: int = 200) -> str:
         else:
             out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
     return "".join(out) + ("…" if cut else "")
-
-
-SHARED = ipaddress.IPv4Network("100.64.0.0/10")
-PRIVATE = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
-
-
-def classify_ipv4(address: str) -> str:
-    """``"private"`` (RFC 1918), ``"shared"`` (RFC 6598, 100.64/10, carrier-grade
-    NAT), ``"unspecified"`` (0.0.0.0), ``"other-special"`` (loopback, link-local,
-    multicast, reserved) or ``"public"``."""
-    ip = ipaddress.IPv4Address(address)
-    if ip in SHARED:
-        return "shared"
-    if any(ip in net for net in PRIVATE):
-        return "private"
-    if ip.is_unspecified:
-        return "unspecified"
-    if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved:
-        return "other-special"
-    return "public"

@@ -23,8 +23,11 @@ is all the loop knows of a technique:
 
 What each technique observed goes into one shared
 :class:`~punchcat.traverse.diagnosis.Observations`, from which the failure
-line is written.  Techniques today: :mod:`.sentinel` (the article's ports,
-sentinels and probes).
+line is written.  The techniques, one module each: :mod:`.sentinel` (the
+article's ports, held open by sentinels and tried by probes), :mod:`.direct`
+(a peer so near that no sentinel fits: plain simultaneous open),
+:mod:`.birthday` (the random-port fallback) and :mod:`.mapped` (the home
+router opens the candidate ports); :mod:`punchcat.session` picks which run.
 """
 
 from __future__ import annotations

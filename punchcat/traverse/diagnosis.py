@@ -12,16 +12,13 @@ reading to compare with the peer's line.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..addresses import is_shared
 from .hops import HopsResult
-
-#: Carrier-grade NAT's shared address space (RFC 6598).
-SHARED = ipaddress.ip_network("100.64.0.0/10")
 
 
 @dataclass
@@ -102,7 +99,7 @@ def explain(seen: Observations) -> str:
                  f"with a clock within {2 * seen.clock_error:g} s of this one (here {here})?")
     if route is not None:
         carrier = [h.address for h in route.hops[:route.inside]
-                   if h.address and ipaddress.ip_address(h.address) in SHARED]
+                   if h.address and is_shared(h.address)]
         if carrier:
             hints.append(f"this side is behind a carrier-grade NAT ({carrier[0]}), "
                          f"which often gives each connection a random port")

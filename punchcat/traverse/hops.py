@@ -15,10 +15,9 @@ Probes
 One UDP socket per TTL 1 … ``max_ttl`` (and one at :data:`FAR_TTL`), each
 connected to the peer's address on one port and sending a few bytes at once,
 in increasing TTL order.  With ``IP_RECVERR`` (``IPV6_RECVERR``) the kernel
-queues every ICMP error about a socket's datagram on its error queue; read
-with ``recvmsg(..., MSG_ERRQUEUE)``, each comes with one control message:
-``struct sock_extended_err`` (errno, origin, ICMP type and code) followed by
-the address of the node that sent the ICMP (:func:`parse_extended_err`).
+queues every ICMP error about a socket's datagram on its error queue, with
+the ICMP type and code and the address of the node that sent it
+(:mod:`punchcat.traverse.errqueue`).
 The router at hop *t* answers the TTL-*t* probe with *time exceeded*; the
 peer's address answers a probe that reaches it with *port unreachable* (or,
 a filtering router, says nothing).  Routers beyond a NAT are reached through
@@ -28,11 +27,11 @@ Classification (:func:`classify`, pure)
 ----------------------------------------
 *Inside* addresses are private (RFC 1918), shared (100.64.0.0/10),
 link-local and loopback, and for IPv6 unique-local, link-local and loopback
-(:func:`is_inside`).  The path is read in TTL order up to its *end*: the
-first answer from the peer's own address (the peer is ``d`` hops away), or
-the first refusal (unreachable and the like) from another address, a *wall*
-at hop ``w``; a wall with an inside address is our own firewall, which
-blocks UDP but tells nothing about the peer.
+(:func:`punchcat.addresses.is_inside`).  The path is read in TTL order up to
+its *end*: the first answer from the peer's own address (the peer is ``d``
+hops away), or the first refusal (unreachable and the like) from another
+address, a *wall* at hop ``w``; a wall with an inside address is our own
+firewall, which blocks UDP but tells nothing about the peer.
 
 * **Our side** ends before the first *outside* hop: the first hop that
   answered *time exceeded* from a public address (or a public wall).  The
@@ -119,39 +118,17 @@ import json
 import selectors
 import socket
 import statistics
-import struct
 import sys
 import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from ..sockopts import PORTABLE
+from ..addresses import is_inside, is_near, unmapped
+from ..routes import on_link
+from .errqueue import AVAILABLE, LOCAL, TIME_EXCEEDED, probe_socket, read_errors
 
-#: The error queue is Linux's (elsewhere the numbers below mean other options).
-AVAILABLE = sys.platform.startswith("linux") and not PORTABLE
-#: Linux values, for Pythons whose socket module lacks the names.
-SOL_IP = getattr(socket, "SOL_IP", 0)
-SOL_IPV6 = getattr(socket, "SOL_IPV6", socket.IPPROTO_IPV6)
-IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
-IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
-MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
-
-#: ``sock_extended_err.ee_origin``.
-SO_EE_ORIGIN_NONE = 0
-SO_EE_ORIGIN_LOCAL = 1
-SO_EE_ORIGIN_ICMP = 2
-SO_EE_ORIGIN_ICMP6 = 3
-
-#: ``struct sock_extended_err``: ee_errno, ee_origin, ee_type, ee_code,
-#: ee_pad, ee_info, ee_data (native byte order), then the offender's sockaddr.
-_EE = struct.Struct("=IBBBBII")
-_SA_FAMILY = struct.Struct("=H")
-
-#: What a hop's answer was.
-TIME_EXCEEDED = "time-exceeded"
-UNREACHABLE = "unreachable"
-OTHER = "other"          # another ICMP error (parameter problem, ...)
-LOCAL = "local"          # an error raised by our own kernel, not a hop
+#: What a hop's answer was: the kind of its error (:mod:`.errqueue`:
+#: time exceeded, unreachable, other, local), or none at all.
 SILENT = "silent"
 
 #: Probes TTL 1 … MAX_TTL, and one more at FAR_TTL to learn whether the peer
@@ -177,112 +154,15 @@ GUARD_UNKNOWN = 0.1
 PORT = 33434
 PAYLOAD = b"punchcat hops"
 
-_INSIDE = [ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",     # RFC 1918
-    "100.64.0.0/10",                                     # shared (carrier NAT)
-    "169.254.0.0/16", "127.0.0.0/8",                     # link-local, loopback
-    "fc00::/7", "fe80::/10", "::1/128")]                 # unique-local, link-local, loopback
-
-
-#: Addresses a peer has only on our own network: it is near, no NAT between.
-_NEAR = [ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
-    "fc00::/7", "fe80::/10")]
-
-
 def nearby(peer: str) -> str | None:
     """Why *peer* is on our own network (a private address, or on one of our
     links), so that no NAT lies between and no discovery is needed; else None."""
     ip = ipaddress.ip_address(peer.split("%")[0])
-    if any(ip in net for net in _NEAR if net.version == ip.version):
+    if is_near(ip):
         return "a private address, on this network"
     if not ip.is_loopback and on_link(ip):
         return "on this host's link"
     return None
-
-
-def on_link(ip: ipaddress._BaseAddress) -> bool:
-    """Whether the most specific route to *ip* has no gateway (Linux /proc)."""
-    if ip.is_loopback:
-        return True
-    best, direct = -1, False
-    try:
-        if ip.version == 4:
-            with open("/proc/net/route") as table:
-                for line in list(table)[1:]:
-                    fields = line.split()
-                    dest, gateway, flags, mask = (int(fields[i], 16) for i in (1, 2, 3, 7))
-                    net = int.from_bytes(dest.to_bytes(4, "little"), "big")
-                    bits = int.from_bytes(mask.to_bytes(4, "little"), "big")
-                    prefix = bin(bits).count("1")
-                    if int(ip) & bits == net and prefix > best and flags & 1:
-                        best, direct = prefix, gateway == 0 and prefix > 0
-        else:
-            with open("/proc/net/ipv6_route") as table:
-                for line in table:
-                    fields = line.split()
-                    prefix, nexthop = int(fields[1], 16), int(fields[4], 16)
-                    net = ipaddress.ip_network((int(fields[0], 16), prefix))
-                    if ip in net and prefix > best and fields[9] != "lo":
-                        best, direct = prefix, nexthop == 0 and prefix > 0
-    except (OSError, ValueError, IndexError):
-        return False
-    return direct
-
-
-def is_inside(address: str) -> bool:
-    """Whether *address* is one a NAT or a home network uses on the inside."""
-    ip = ipaddress.ip_address(address)
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in _INSIDE if net.version == ip.version)
-
-
-# -- the error queue ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ExtendedError:
-    """One ``IP_RECVERR``/``IPV6_RECVERR`` control message, decoded."""
-
-    errno: int
-    origin: int
-    type: int
-    code: int
-    info: int
-    data: int
-    offender: str | None      # who sent the ICMP; None for a local error
-
-    @property
-    def kind(self) -> str:
-        if self.origin == SO_EE_ORIGIN_ICMP:
-            return {11: TIME_EXCEEDED, 3: UNREACHABLE}.get(self.type, OTHER)
-        if self.origin == SO_EE_ORIGIN_ICMP6:
-            return {3: TIME_EXCEEDED, 1: UNREACHABLE}.get(self.type, OTHER)
-        return LOCAL
-
-
-def parse_extended_err(level: int, kind: int, data: bytes) -> ExtendedError | None:
-    """Decode one control message from ``recvmsg(..., MSG_ERRQUEUE)``.
-
-    Returns None for any other control message or a truncated one.  The
-    offender is the sockaddr right after the 16-byte ``sock_extended_err``
-    (``SO_EE_OFFENDER``): ``sockaddr_in`` (16 bytes) or ``sockaddr_in6`` (28);
-    its family is ``AF_UNSPEC`` for errors of local origin.
-    """
-    if (level, kind) not in ((SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR)):
-        return None
-    if len(data) < _EE.size:
-        return None
-    err, origin, icmp_type, code, _pad, info, extra = _EE.unpack_from(data)
-    offender = None
-    if len(data) >= _EE.size + _SA_FAMILY.size:
-        (family,) = _SA_FAMILY.unpack_from(data, _EE.size)
-        if family == socket.AF_INET and len(data) >= _EE.size + 8:
-            offender = socket.inet_ntop(socket.AF_INET, data[_EE.size + 4:_EE.size + 8])
-        elif family == socket.AF_INET6 and len(data) >= _EE.size + 24:
-            ip = ipaddress.IPv6Address(data[_EE.size + 8:_EE.size + 24])
-            offender = str(ip.ipv4_mapped or ip)
-    return ExtendedError(err, origin, icmp_type, code, info, extra, offender)
 
 
 # -- classification -------------------------------------------------------------
@@ -346,8 +226,49 @@ class HopsResult:
         return min(GUARD_MAX, max(GUARD_MIN, 4 * hop.rtt))
 
     def describe(self) -> str:
-        """One line for ``-v``."""
-        return describe(self)
+        """One line for ``-v`` and the failure line, e.g. "2 NATs on this side
+        (172.17.0.1, 192.168.1.1); sentinel TTL 3"."""
+        if self.near:
+            return f"peer is {self.near}; no sentinels: plain simultaneous open"
+        if self.own_router:
+            return ("the peer's address is this side's own router (it answered from hop 1); "
+                    "no sentinels: plain simultaneous open")
+        ours = [h.address or "silent" for h in self.hops[:self.inside]]
+        ours += ["?"] * (self.inside - len(ours))
+        if self.peer_distance is not None and not self.sentinel and self.inside_known:
+            d = self.peer_distance
+            where = ("same link" if d == 1 else
+                     "via " + ", ".join(h.address or "silent" for h in self.hops[:d - 1]))
+            return (f"peer is {_plural(d, 'hop')} away ({where}); "
+                    f"no sentinels: plain simultaneous open")
+        if self.inside_known:
+            if self.inside:
+                side = f"{_plural(self.inside, 'NAT')} on this side ({', '.join(ours)})"
+            else:
+                first = next((h for h in self.hops if h.answered), None)
+                public = f" (hop 1, {first.address}, is public)" if first and first.ttl == 1 else ""
+                side = "no NAT on this side" + public
+        elif self.inside:
+            side = (f"at least {_plural(self.inside, 'NAT')} on this side ({', '.join(ours)}), " +
+                    (f"hop {self.blocked} refuses the probes" if self.blocked is not None
+                     else "nothing heard from outside"))
+        elif not self.probed:
+            side = "could not probe the path"
+        else:
+            side = "no hop answered"
+        if self.peer_distance is not None:
+            side += f", peer {_plural(self.peer_distance, 'hop')} away"
+        elif self.wall is not None:
+            side += f", hop {self.wall} refuses the probes"
+        elif self.peer_answered:
+            side += f", peer more than {_plural(len(self.hops), 'hop')} away"
+        if not self.ttls:
+            return f"{side}; no sentinels: plain simultaneous open"
+        if len(self.ttls) == 1:
+            tail = f"sentinel TTL {self.ttls[0]}"
+        else:
+            tail = f"sentinel TTLs {', '.join(map(str, self.ttls))} in rotation"
+        return f"{side}; {tail}" + ("" if self.conclusive else " (unsure)")
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -372,17 +293,13 @@ def _same(address: str | None, peer: ipaddress._BaseAddress) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip == peer
+    return unmapped(ip) == peer
 
 
 def classify(peer: str, hops: Iterable[Hop], far: Hop | None = None,
              max_ttl: int | None = None, elapsed: float = 0.0) -> HopsResult:
     """Read the probes' answers (module docstring) and recommend sentinel TTLs."""
-    peer_ip = ipaddress.ip_address(peer)
-    if peer_ip.version == 6 and peer_ip.ipv4_mapped is not None:
-        peer_ip = peer_ip.ipv4_mapped
+    peer_ip = unmapped(ipaddress.ip_address(peer))
     table = _hop_table(hops, max_ttl)
     top = len(table)
 
@@ -482,87 +399,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def describe(result: HopsResult) -> str:
-    """A human line, e.g. "2 NATs on this side (172.17.0.1, 192.168.1.1); sentinel TTL 3"."""
-    if result.near:
-        return f"peer is {result.near}; no sentinels: plain simultaneous open"
-    if result.own_router:
-        return ("the peer's address is this side's own router (it answered from hop 1); "
-                "no sentinels: plain simultaneous open")
-    ours = [h.address or "silent" for h in result.hops[:result.inside]]
-    ours += ["?"] * (result.inside - len(ours))
-    if result.peer_distance is not None and not result.sentinel and result.inside_known:
-        d = result.peer_distance
-        where = ("same link" if d == 1 else
-                 "via " + ", ".join(h.address or "silent" for h in result.hops[:d - 1]))
-        return f"peer is {_plural(d, 'hop')} away ({where}); no sentinels: plain simultaneous open"
-    if result.inside_known:
-        if result.inside:
-            side = f"{_plural(result.inside, 'NAT')} on this side ({', '.join(ours)})"
-        else:
-            first = next((h for h in result.hops if h.answered), None)
-            side = ("no NAT on this side" +
-                    (f" (hop 1, {first.address}, is public)" if first and first.ttl == 1 else ""))
-    elif result.inside:
-        side = (f"at least {_plural(result.inside, 'NAT')} on this side ({', '.join(ours)}), " +
-                (f"hop {result.blocked} refuses the probes" if result.blocked is not None
-                 else "nothing heard from outside"))
-    elif not result.probed:
-        side = "could not probe the path"
-    else:
-        side = "no hop answered"
-    if result.peer_distance is not None:
-        side += f", peer {_plural(result.peer_distance, 'hop')} away"
-    elif result.wall is not None:
-        side += f", hop {result.wall} refuses the probes"
-    elif result.peer_answered:
-        side += f", peer more than {_plural(len(result.hops), 'hop')} away"
-    if not result.ttls:
-        return f"{side}; no sentinels: plain simultaneous open"
-    if len(result.ttls) == 1:
-        tail = f"sentinel TTL {result.ttls[0]}"
-    else:
-        tail = f"sentinel TTLs {', '.join(map(str, result.ttls))} in rotation"
-    return f"{side}; {tail}" + ("" if result.conclusive else " (unsure)")
-
-
 # -- probing --------------------------------------------------------------------
 
 def _family_of(peer: str) -> int:
     return socket.AF_INET6 if ipaddress.ip_address(peer).version == 6 else socket.AF_INET
-
-
-def _probe_socket(family: int, ttl: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _read_errors(sock: socket.socket) -> list[ExtendedError]:
-    """Drain *sock*'s error queue (and any plain datagram) without blocking."""
-    found = []
-    while True:
-        try:
-            _data, ancdata, _flags, _addr = sock.recvmsg(256, 512, MSG_ERRQUEUE)
-        except (BlockingIOError, InterruptedError):
-            break
-        except OSError:
-            break
-        for level, kind, data in ancdata:
-            err = parse_extended_err(level, kind, data)
-            if err is not None:
-                found.append(err)
-    return found
 
 
 def discover(peer: str, port: int = PORT, max_ttl: int = MAX_TTL,
@@ -601,7 +441,7 @@ def discover(peer: str, port: int = PORT, max_ttl: int = MAX_TTL,
 
     def send(ttl: int) -> None:
         try:
-            sock = _probe_socket(family, ttl)
+            sock = probe_socket(family, ttl)
         except OSError:
             return
         socks.append(sock)
@@ -640,10 +480,10 @@ def discover(peer: str, port: int = PORT, max_ttl: int = MAX_TTL,
             wait = min(until, next_send) if unsent else until
             for key, _events in sel.select(max(0.0, wait - now)):
                 sock, ttl = key.fileobj, key.data
-                for err in _read_errors(sock):
+                for err in read_errors(sock):
                     if ttl in answers and answers[ttl].answered:
                         continue
-                    icmp = err.origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6)
+                    icmp = err.from_icmp
                     answers[ttl] = Hop(ttl, err.offender if icmp else None, err.kind,
                                        rtt=time.monotonic() - sent[ttl],
                                        icmp=(err.type, err.code) if icmp else None,
