@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from punchcat.lab.upnp import (FAR_IP, HOST_IP, ROUTER_LAN_IP, ROUTER_WAN_IP, LabClient,
-                               PortmapLab, lab_whoami, start_scripted)
+from punchcat.lab.router import (FAR_IP, HOST_IP, ROUTER_LAN_IP, ROUTER_WAN_IP, LabClient,
+                                 PortmapLab, lab_whoami, start_scripted)
 
 from conftest import lab_or_skip
 
