@@ -17,11 +17,9 @@ Medians of N (10) runs.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 
-from punchcat.lab.upnp import LabClient, PortmapLab, lab_whoami
+from punchcat.lab.router import LabClient, PortmapLab, lab_whoami
 
 ROUTERS = {"pcp": dict(natpmp=False, pcp=True, upnp=False),
            "natpmp": dict(natpmp=True, pcp=False, upnp=False),

@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 
 import pytest
 
 from punchcat.lab import Lab, LanLab, Side, missing_prerequisites
+from punchcat.lab.netns import PACKAGES as LAB_PACKAGES, which
 
 #: Set by .ci/run: lab tests must run there, so a missing prerequisite fails them.
 REQUIRE_LAB = os.environ.get("PUNCHCAT_REQUIRE_LAB") == "1"
 
 
-def lab_or_skip() -> None:
-    """Skip (fail under CI) unless this machine can build the lab."""
-    missing = missing_prerequisites()
+def skip_or_fail(reason: str) -> None:
+    """Skip the test for *reason*; fail it instead where the lab must run."""
+    if REQUIRE_LAB:
+        pytest.fail(reason + " (PUNCHCAT_REQUIRE_LAB=1)")
+    pytest.skip(reason)
+
+
+def lab_or_skip(*tools: str, lab: str = "the NAT lab") -> None:
+    """Skip (fail under CI) unless this machine can build *lab* and run the
+    commands *tools* in it (e.g. ``"miniupnpd"`` for the router lab)."""
+    missing = missing_prerequisites(*tools)
     if missing:
-        reason = "the NAT lab needs " + ", ".join(missing)
-        if REQUIRE_LAB:
-            pytest.fail(reason + " (PUNCHCAT_REQUIRE_LAB=1)")
-        pytest.skip(reason)
+        skip_or_fail(f"{lab} needs " + ", ".join(missing))
 
 
 @pytest.fixture
@@ -57,19 +62,19 @@ def make_lan():
         lab.close()
 
 
-#: The Debian package of each tool the lab tests use beyond ip and nft.
-PACKAGES = {"sshd": "openssh-server", "ssh": "openssh-client", "scp": "openssh-client",
-            "ssh-keygen": "openssh-client", "tcpdump": "tcpdump", "faketime": "faketime",
-            "conntrack": "conntrack", "/usr/bin/time": "time", "prlimit": "util-linux"}
+#: The Debian package of each tool the lab tests use, the lab's own among them.
+PACKAGES = {**LAB_PACKAGES, "sshd": "openssh-server", "ssh": "openssh-client",
+            "scp": "openssh-client", "ssh-keygen": "openssh-client", "tcpdump": "tcpdump",
+            "faketime": "faketime", "conntrack": "conntrack", "/usr/bin/time": "time",
+            "prlimit": "util-linux"}
 
 
 def need(*tools: str) -> None:
     """Skip (fail under CI) unless every one of *tools* is installed."""
-    missing = [t for t in tools if shutil.which(t) is None]
+    missing = [t for t in tools if which(t) is None]
     if missing:
         packages = sorted({PACKAGES.get(t, t) for t in missing})
-        reason = f"needs {', '.join(missing)} (apt-get install {' '.join(packages)})"
-        pytest.fail(reason + " (PUNCHCAT_REQUIRE_LAB=1)") if REQUIRE_LAB else pytest.skip(reason)
+        skip_or_fail(f"needs {', '.join(missing)} (apt-get install {' '.join(packages)})")
 
 
 def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from punchcat.lab import missing_prerequisites
-
 import hops_chain as hc
-from conftest import REQUIRE_LAB
+from conftest import lab_or_skip
 
 pytestmark = pytest.mark.lab
 
@@ -35,12 +33,7 @@ QUICK = 0.1
 @pytest.fixture
 def chain():
     """Build chains; each is torn down after the test, pass or fail."""
-    missing = missing_prerequisites()
-    if missing:
-        reason = "the hop lab needs " + ", ".join(missing)
-        if REQUIRE_LAB:
-            pytest.fail(reason + " (PUNCHCAT_REQUIRE_LAB=1)")
-        pytest.skip(reason)
+    lab_or_skip(lab="the hop lab")
     built: list[hc.Chain] = []
 
     def make(c: hc.Chain) -> hc.Chain:

@@ -26,7 +26,7 @@ LAYERS = [
     # one run, and the command lines
     ["options", "session", "whoami", "entry", "cli", "__main__", "__init__"],
     # the lab, on top of everything
-    ["lab", "lab.netns", "lab.net", "lab.lan", "lab.pairs", "lab.upnp", "lab.cli"],
+    ["lab", "lab.netns", "lab.router", "lab.net", "lab.lan", "lab.pairs", "lab.cli"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from punchcat.lab.upnp import (FAR_IP, HOST_IP, ROUTER_LAN_IP, ROUTER_WAN_IP, LabClient,
-                               PortmapLab, lab_whoami, missing_prerequisites, start_scripted)
+from punchcat.lab.router import (FAR_IP, HOST_IP, ROUTER_LAN_IP, ROUTER_WAN_IP, LabClient,
+                                 PortmapLab, lab_whoami, start_scripted)
 
-from conftest import REQUIRE_LAB
+from conftest import lab_or_skip
 
 pytestmark = pytest.mark.lab
 
@@ -29,12 +29,7 @@ ROUTERS = {"pcp": dict(natpmp=False, pcp=True, upnp=False),
 
 @pytest.fixture
 def lab():
-    missing = missing_prerequisites()
-    if missing:
-        reason = "the portmap lab needs " + ", ".join(missing)
-        if REQUIRE_LAB:
-            pytest.fail(reason + " (PUNCHCAT_REQUIRE_LAB=1)")
-        pytest.skip(reason)
+    lab_or_skip("miniupnpd", "upnpc", lab="the portmap lab")
     with PortmapLab() as built:
         yield built
 

@@ -3,7 +3,9 @@
 :mod:`.netns` holds the namespace plumbing, :mod:`.net` builds two homes
 behind NAT routers (hosts, routers, their nftables rulesets), :mod:`.lan`
 two hosts near each other (one link, a plain router, one shared NAT),
-:mod:`.pairs` runs punchcat pairs across it, and :mod:`.cli` is the
+:mod:`.router` is the router lab (a home router that maps ports: miniupnpd
+or a scripted NAT-PMP responder, and the portmap client driven behind it),
+:mod:`.pairs` runs punchcat pairs across them, and :mod:`.cli` is the
 ``punchcat-lab`` demo.  Used by the tests, the benchmarks and the demo.
 """
 

@@ -18,6 +18,8 @@ Per side the router can
 * ``answer`` an unsolicited inbound SYN: ``drop`` it, ``reject`` it with a
   TCP reset from the firewall, or leave it to the router's own TCP stack,
   which answers with a reset (``open``: no filter at all);
+* map ports on request (``portmap``): miniupnpd, or a scripted NAT-PMP
+  responder that misbehaves, from the router lab (:mod:`.router`);
 * put the host behind a second, ``inner`` NAT (a container bridge or a VM's
   NAT: 172.17.0.0/24, port-preserving, nothing unsolicited let in)::
 
@@ -32,11 +34,10 @@ after a failure.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 
-from .netns import LabUnavailable, Namespaces, missing_prerequisites, run
+from .netns import LabUnavailable, Namespaces, missing_prerequisites
+from .router import OFFERS, Miniupnpd, forward_listing, start_miniupnpd, start_scripted
 
 __all__ = ["ANSWERS", "NAT_MODES", "Lab", "LabUnavailable", "Side", "missing_prerequisites"]
 
@@ -46,9 +47,7 @@ ANSWERS = ("drop", "reject", "open")
 #: three protocols, or one; or a scripted NAT-PMP responder that refuses every
 #: request ("errors"), answers garbage ("garbage"), or reports a WAN address
 #: in carrier-grade NAT's shared space, 100.64.0.0/10 ("shared").
-PORTMAP = ("", "all", "pcp", "natpmp", "upnp", "errors", "garbage", "shared")
-_MINIUPNPD = {"all": {}, "pcp": {"natpmp": False, "upnp": False},
-              "natpmp": {"pcp": False, "upnp": False}, "upnp": {"natpmp": False, "pcp": False}}
+PORTMAP = ("", *OFFERS, "errors", "garbage", "shared")
 
 
 @dataclass(frozen=True)
@@ -103,36 +102,11 @@ table ip innernat {
 """
 
 
-#: The table and chains miniupnpd fills (its packaged init script is broken).
-_MINIUPNPD_TABLE = """
-table inet filter {
-    chain forward {
-        type filter hook forward priority 0; policy accept;
-        jump miniupnpd
-    }
-    chain miniupnpd {
-    }
-    chain prerouting {
-        type nat hook prerouting priority -100; policy accept;
-        jump prerouting_miniupnpd
-    }
-    chain postrouting {
-        type nat hook postrouting priority 100; policy accept;
-        jump postrouting_miniupnpd
-    }
-    chain prerouting_miniupnpd {
-    }
-    chain postrouting_miniupnpd {
-    }
-}
-"""
-
-
 def _ruleset(side: Side) -> str:
     """The router's nftables ruleset."""
     # What happens to new inbound connections from the internet side (a port
     # that miniupnpd maps comes in translated, and is let through).
-    forwarded = ["ct status dnat accept"] if side.portmap in _MINIUPNPD else []
+    forwarded = ["ct status dnat accept"] if side.portmap in OFFERS else []
     unsolicited = {"drop": ['iifname "wan" drop'],
                    "reject": ['iifname "wan" meta l4proto tcp reject with tcp reset',
                               'iifname "wan" reject'],
@@ -183,9 +157,9 @@ class Lab(Namespaces):
             raise ValueError("an inner NAT is IPv4 only")
         self.roles = ("a", "ra", "c1", "c2", "rb", "b") + tuple(
             f"i{s}" for s in "ab" if self.sides[s].inner)
-        self.wan = {s: (_WAN_MAPPED if self.sides[s].portmap in _MINIUPNPD else _WAN)[s]
+        self.wan = {s: (_WAN_MAPPED if self.sides[s].portmap in OFFERS else _WAN)[s]
                     for s in "ab"}
-        self.daemons: list = []           # miniupnpd instances (punchcat.lab.upnp)
+        self.daemons: list[Miniupnpd] = []
         super().__init__()
 
     # -- addresses ---------------------------------------------------------
@@ -248,26 +222,18 @@ class Lab(Namespaces):
             if self.sides[side].portmap:
                 self._start_portmap(side, router)
 
-    def _start_portmap(self, side: str, router: str) -> None:
-        from . import upnp                 # miniupnpd and the scripted responders
+    def _start_portmap(self, side: str, role: str) -> None:
+        """The port-mapping service of *side*'s router (:mod:`.router`)."""
         kind = self.sides[side].portmap
-        if kind in _MINIUPNPD:
-            self.nft(router, _MINIUPNPD_TABLE)
-            self.daemons.append(upnp.start_miniupnpd(self.ns[router], "wan", "lan",
-                                                     f"{_PRIVATE_LAN}.0/24", **_MINIUPNPD[kind]))
-            return
-        code = (f"from punchcat.lab.upnp import serve_scripted; "
-                f"serve_scripted({kind!r}, {_PRIVATE_LAN + '.1'!r})")
-        proc = self.popen(router, [sys.executable, "-c", code], stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True)
-        if proc.stdout.readline().strip() != "ready":
-            raise LabUnavailable(f"the scripted {kind} responder did not start")
+        if kind in OFFERS:
+            self.daemons.append(start_miniupnpd(self.ns[role], "wan", "lan",
+                                                f"{_PRIVATE_LAN}.0/24", **OFFERS[kind]))
+        else:
+            start_scripted(self, kind, role=role, listen=f"{_PRIVATE_LAN}.1")
 
     def mappings(self, side: str) -> list[str]:
         """The port forwards miniupnpd has in *side*'s router now."""
-        router = "ra" if side == "a" else "rb"
-        listing = self.sh(router, "nft list chain inet filter prerouting_miniupnpd 2>/dev/null "
-                                  "|| true")
+        listing = forward_listing(self, "ra" if side == "a" else "rb")
         return re.findall(r"dport \d+ dnat ip to [\d.:]+", listing)
 
     def close(self) -> None:

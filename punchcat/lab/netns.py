@@ -7,7 +7,11 @@ which roles exist (``roles``), builds the network (``build_network``) and
 what each host names as PEER (``peer_of``).  Nothing has a link to the
 host's own network: traffic never leaves the namespaces.
 
-Needs root, ``ip`` (iproute2) and ``nft`` (nftables).
+Needs root, ``ip`` (iproute2) and ``nft`` (nftables); the router lab
+(:mod:`.router`) also runs ``miniupnpd`` and ``upnpc``, which
+:func:`missing_prerequisites` checks when asked.  Every lab command runs
+through :func:`run`, so a failure is a :class:`LabUnavailable` with the
+command's stderr.
 """
 
 from __future__ import annotations
@@ -31,16 +35,35 @@ class LabUnavailable(PunchcatError):
     """The lab cannot be built here; the message says what is missing."""
 
 
-def missing_prerequisites() -> list[str]:
-    """What this machine lacks to build the lab (empty when it can)."""
+#: The Debian package of every command a lab runs.  ``ip`` and ``nft`` every
+#: lab needs; miniupnpd and upnpc only the router lab's tests (a router that
+#: maps ports, and the UPnP client that reads its table).
+PACKAGES = {"ip": "iproute2", "nft": "nftables", "miniupnpd": "miniupnpd-nftables",
+            "upnpc": "miniupnpc"}
+#: Daemons live in /usr/sbin, which is not on a user's PATH (and miniupnpd
+#: has no other home).
+_DAEMONS = ("miniupnpd",)
+
+
+def which(tool: str) -> str | None:
+    """The path of the command *tool*, or None when it is not installed."""
+    found = shutil.which(tool)
+    if found is None and tool in _DAEMONS and os.path.exists(f"/usr/sbin/{tool}"):
+        found = f"/usr/sbin/{tool}"
+    return found
+
+
+def missing_prerequisites(*tools: str) -> list[str]:
+    """What this machine lacks to build the lab and run *tools* in it (e.g.
+    ``"miniupnpd"`` for the router lab); empty when it can."""
     missing = []
     if not sys.platform.startswith("linux"):
         missing.append("Linux network namespaces")
     if os.geteuid() != 0:
         missing.append("root (network namespaces and nftables need it)")
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
-        if shutil.which(tool) is None:
-            missing.append(f"the '{tool}' command (apt-get install {package})")
+    for tool in ("ip", "nft", *tools):
+        if which(tool) is None:
+            missing.append(f"the '{tool}' command (apt-get install {PACKAGES.get(tool, tool)})")
     return missing
 
 
@@ -112,15 +135,16 @@ class Namespaces:
     # -- running things inside ---------------------------------------------
     def command(self, role: str, argv: list[str]) -> list[str]:
         """*argv* as run inside the namespace of *role*."""
-        return ["ip", "netns", "exec", self.ns[role], *argv]
+        return netns_exec(self.ns[role], argv)
 
     def popen(self, role: str, argv: list[str], **kwargs) -> subprocess.Popen:
         proc = subprocess.Popen(self.command(role, argv), **kwargs)
         self.procs.append(proc)
         return proc
 
-    def sh(self, role: str, script: str) -> str:
-        return run(self.command(role, ["sh", "-c", script]))
+    def sh(self, role: str, script: str, check: bool = True) -> str:
+        """Run shell *script* in *role*; its stdout (*check*: fail if it fails)."""
+        return run(self.command(role, ["sh", "-c", script]), check=check)
 
     # -- teardown ----------------------------------------------------------
     def close(self) -> None:
@@ -156,9 +180,15 @@ def sweep_stale(prefix: str = PREFIX) -> None:
             delete_namespace(match.group(1))
 
 
-def run(argv: list[str], stdin: str | None = None) -> str:
-    """Run a lab command; :class:`LabUnavailable` with its stderr if it fails."""
+def netns_exec(name: str, argv: list[str]) -> list[str]:
+    """*argv* as run inside namespace *name*."""
+    return ["ip", "netns", "exec", name, *argv]
+
+
+def run(argv: list[str], stdin: str | None = None, check: bool = True) -> str:
+    """Run a lab command; its stdout.  With *check*, :class:`LabUnavailable`
+    with its stderr if it fails."""
     done = subprocess.run(argv, input=stdin, capture_output=True, text=True)
-    if done.returncode != 0:
+    if check and done.returncode != 0:
         raise LabUnavailable(f"{' '.join(argv)} failed: {done.stderr.strip()}")
     return done.stdout

@@ -1,17 +1,19 @@
-"""A home router that answers PCP, NAT-PMP and UPnP-IGD, for the portmap tests.
+"""The router lab: a home router that maps ports (PCP, NAT-PMP, UPnP-IGD).
 
 ::
 
-    host (pcpm-…-h) ── router (pcpm-…-r, miniupnpd) ── far (pcpm-…-f)
-    192.168.7.2          192.168.7.1 | 5.5.5.1             5.5.5.2
+    host (…-h) ── router (…-r, miniupnpd) ── far (…-f)
+    192.168.7.2     192.168.7.1 | 5.5.5.1       5.5.5.2
 
-:class:`PortmapLab` builds that topology out of network namespaces and veth
-pairs; nothing in it has a link to the host's network.  The router
-masquerades the LAN behind ``5.5.5.1``: miniupnpd refuses a WAN address in
-any reserved range (RFC 1918, 100.64/10, the TEST-NETs, 198.18/15), and an
-address that nothing outside the namespaces can see is harmless.
+:class:`PortmapLab` builds that topology out of :mod:`.netns`'s namespaces,
+for the tests of the portmap client; :class:`.net.Lab` puts the same router
+into a home (``Side(portmap=…)``) to punch through it.  Nothing has a link
+to the host's network.  The router masquerades the LAN behind ``5.5.5.1``:
+miniupnpd refuses a WAN address in any reserved range (RFC 1918,
+100.64/10, the TEST-NETs, 198.18/15), and an address that nothing outside
+the namespaces can see is harmless.
 
-:func:`start_miniupnpd` runs Debian's ``miniupnpd`` (nftables backend) in the
+:func:`start_miniupnpd` runs Debian's ``miniupnpd`` (nftables backend) in a
 router namespace with a config of its own in a temporary directory.  Facts
 about this build (2.3.1), measured:
 
@@ -22,21 +24,25 @@ about this build (2.3.1), measured:
   the UDP payload is the version), so the client sees silence, as from a
   router that does not speak it.
 * The packaged ``nft_init.sh`` sources a file that is not shipped, so the
-  table miniupnpd writes into is created here: ``table inet filter`` with
-  chains ``miniupnpd`` (jumped to from a forward hook chain),
-  ``prerouting_miniupnpd`` (from a nat prerouting hook) and
-  ``postrouting_miniupnpd`` (from a nat postrouting hook).
+  table miniupnpd writes into (:data:`MINIUPNPD_TABLE`) is created by
+  :func:`start_miniupnpd` and removed when the daemon stops.
 
-:class:`ScriptedNatPmp` is a NAT-PMP responder in Python for what miniupnpd
-will not do: answer with a shared-space (100.64/10) WAN address, or with
-garbage and errors.
+:func:`serve_scripted` is a NAT-PMP responder in Python (started in a router
+by :func:`start_scripted`) for what miniupnpd will not do: answer with a
+shared-space (100.64/10) WAN address, slowly, or with garbage and errors.
+
+:class:`LabClient` and :func:`lab_whoami` run the portmap client in the
+host's namespace (``python -m punchcat.lab.router``) and read its status.
 """
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
+import json
 import os
+import random
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -47,109 +53,41 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from .netns import delete_namespace, sweep_stale
+from .netns import PACKAGES, LabUnavailable, Namespaces, netns_exec, run, which
 
-PREFIX = "pcpm-"
+#: This module, as the lab's child processes import or run it.
+_MODULE = "punchcat.lab.router"
 HOST_IP, ROUTER_LAN_IP, LAN_SUBNET = "192.168.7.2", "192.168.7.1", "192.168.7.0/24"
 ROUTER_WAN_IP, FAR_IP = "5.5.5.1", "5.5.5.2"
-
-_counter = itertools.count(1)
-
-
-class LabUnavailable(Exception):
-    """The portmap lab cannot be built here; the message says what is missing."""
+#: What a router offers, by name: miniupnpd's switches for all three
+#: protocols, or for one alone.
+OFFERS = {"all": {}, "pcp": {"natpmp": False, "upnp": False},
+          "natpmp": {"pcp": False, "upnp": False}, "upnp": {"natpmp": False, "pcp": False}}
 
 
-def missing_prerequisites(miniupnpd: bool = True) -> list[str]:
-    """What this machine lacks for the portmap lab (empty when it can)."""
-    missing = []
-    if not sys.platform.startswith("linux"):
-        missing.append("Linux network namespaces")
-    if os.geteuid() != 0:
-        missing.append("root (network namespaces and nftables need it)")
-    tools = [("ip", "iproute2"), ("nft", "nftables")]
-    if miniupnpd:
-        tools += [("miniupnpd", "miniupnpd-nftables"), ("upnpc", "miniupnpc")]
-    for tool, package in tools:
-        if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
-            missing.append(f"the '{tool}' command (apt-get install {package})")
-    return missing
-
-
-def _run(argv: list[str], stdin: str | None = None, check: bool = True,
-         timeout: float = 20) -> str:
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise LabUnavailable(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def netns_exec(ns: str, argv: list[str]) -> list[str]:
-    return ["ip", "netns", "exec", ns, *argv]
-
-
-class PortmapLab:
+class PortmapLab(Namespaces):
     """host ── router ── far, as namespaces; a context manager that always
     tears down what it built.  The router masquerades the LAN and forwards
     nothing inbound unless miniupnpd (or a test) adds a rule."""
 
+    roles = ("h", "r", "f")
+
     def __init__(self, router_wan: str = ROUTER_WAN_IP):
-        tag = f"{PREFIX}{os.getpid()}-{next(_counter)}"
-        self.ns = {role: f"{tag}-{role}" for role in ("h", "r", "f")}
         self.router_wan = router_wan
         self.far_ip = router_wan.rsplit(".", 1)[0] + ".2"
-        self.procs: list[subprocess.Popen] = []
-        self.daemons: list["Miniupnpd"] = []
-        self._built: list[str] = []
+        self.daemons: list[Miniupnpd] = []
+        super().__init__()
 
-    def __enter__(self) -> "PortmapLab":
-        try:
-            self.build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def build(self) -> None:
-        missing = missing_prerequisites(miniupnpd=False)
-        if missing:
-            raise LabUnavailable("the portmap lab needs " + ", ".join(missing))
-        sweep_stale(PREFIX)
-        for name in self.ns.values():
-            _run(["ip", "netns", "add", name])
-            self._built.append(name)
-        h, r, f = self.ns["h"], self.ns["r"], self.ns["f"]
-        _run(["ip", "link", "add", "eth0", "netns", h, "type", "veth",
-              "peer", "name", "lan", "netns", r])
-        _run(["ip", "link", "add", "wan", "netns", r, "type", "veth",
-              "peer", "name", "eth0", "netns", f])
-        config = {
-            "h": ["link set eth0 up", f"addr add {HOST_IP}/24 dev eth0",
-                  f"route add default via {ROUTER_LAN_IP}"],
-            "r": ["link set lan up", "link set wan up", f"addr add {ROUTER_LAN_IP}/24 dev lan",
-                  f"addr add {self.router_wan}/24 dev wan"],
-            "f": ["link set eth0 up", f"addr add {self.far_ip}/24 dev eth0"],
-        }
-        for role, name in self.ns.items():
-            _run(["ip", "-n", name, "-batch", "-"],
-                 stdin="\n".join(["link set lo up", *config[role]]) + "\n")
-        self.sh("r", "echo 1 > /proc/sys/net/ipv4/ip_forward")
-        _run(self.command("r", ["nft", "-f", "-"]), stdin=ROUTER_RULESET)
-
-    def command(self, role: str, argv: list[str]) -> list[str]:
-        """*argv* as run in the namespace of *role* (h, r or f)."""
-        return netns_exec(self.ns[role], argv)
-
-    def sh(self, role: str, script: str, check: bool = True) -> str:
-        return _run(self.command(role, ["sh", "-c", script]), check=check)
-
-    def popen(self, role: str, argv: list[str], **kwargs) -> subprocess.Popen:
-        proc = subprocess.Popen(self.command(role, argv), **kwargs)
-        self.procs.append(proc)
-        return proc
+    def build_network(self) -> None:
+        self.link("h", "eth0", "r", "lan")
+        self.link("r", "wan", "f", "eth0")
+        self.configure("h", ["eth0"], [f"addr add {HOST_IP}/24 dev eth0",
+                                       f"route add default via {ROUTER_LAN_IP}"])
+        self.configure("r", ["lan", "wan"], [f"addr add {ROUTER_LAN_IP}/24 dev lan",
+                                             f"addr add {self.router_wan}/24 dev wan"],
+                       forward=True)
+        self.configure("f", ["eth0"], [f"addr add {self.far_ip}/24 dev eth0"])
+        self.nft("r", _HOME_RULESET)
 
     def start_miniupnpd(self, **options) -> "Miniupnpd":
         """miniupnpd on the router with this lab's interfaces (see
@@ -161,34 +99,44 @@ class PortmapLab:
     def forwarded_ports(self) -> list[tuple[int, str, int]]:
         """(external port, internal address, internal port) of every DNAT rule
         miniupnpd has in the router now."""
-        listing = self.sh("r", "nft list chain inet filter prerouting_miniupnpd", check=False)
         return [(int(m.group(1)), m.group(2), int(m.group(3)))
-                for m in re.finditer(r"dport (\d+) dnat ip to ([\d.]+):(\d+)", listing)]
+                for m in re.finditer(r"dport (\d+) dnat ip to ([\d.]+):(\d+)",
+                                     forward_listing(self, "r"))]
 
     def close(self) -> None:
         for daemon in self.daemons:
             daemon.stop()
         self.daemons.clear()
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.procs.clear()
-        while self._built:
-            delete_namespace(self._built.pop())
+        super().close()
 
 
-#: The router's own rules around the chains miniupnpd fills: masquerade out of
-#: the WAN, forward what the LAN starts and what miniupnpd allows, drop the rest.
-ROUTER_RULESET = """
-table inet filter {
+#: PortmapLab's router besides miniupnpd's table: masquerade out of the WAN,
+#: forward what the LAN starts and what miniupnpd let in (it comes in
+#: translated), drop the rest.
+_HOME_RULESET = """
+table inet home {
     chain forward {
-        type filter hook forward priority 0; policy drop;
+        type filter hook forward priority filter; policy drop;
         ct state established,related accept
         iifname "lan" accept
+        ct status dnat accept
+    }
+}
+table ip homenat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan" masquerade
+    }
+}
+"""
+
+#: The table and chains miniupnpd fills (the names its config below gives).
+#: It lets everything through itself: the router's own table decides what
+#: else is forwarded, and must accept what miniupnpd translated.
+MINIUPNPD_TABLE = """
+table inet filter {
+    chain forward {
+        type filter hook forward priority 0; policy accept;
         jump miniupnpd
     }
     chain miniupnpd {
@@ -200,7 +148,6 @@ table inet filter {
     chain postrouting {
         type nat hook postrouting priority 100; policy accept;
         jump postrouting_miniupnpd
-        oifname "wan" masquerade
     }
     chain prerouting_miniupnpd {
     }
@@ -208,6 +155,14 @@ table inet filter {
     }
 }
 """
+#: The table that silences NAT-PMP or PCP when a router offers only the other.
+_ONLY_TABLE = "miniupnpd_only"
+
+
+def forward_listing(lab: Namespaces, router: str) -> str:
+    """The port forwards miniupnpd has in *router* now, as nft lists them
+    (nothing when it has never run there)."""
+    return lab.sh(router, "nft list chain inet filter prerouting_miniupnpd", check=False)
 
 
 @dataclass
@@ -239,8 +194,8 @@ class Miniupnpd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=3)
-        subprocess.run(netns_exec(self.router_ns, ["nft", "delete", "table", "inet", "pcpm_filter"]),
-                       capture_output=True)
+        for table in (_ONLY_TABLE, "filter"):
+            run(netns_exec(self.router_ns, ["nft", "delete", "table", "inet", table]), check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "Miniupnpd":
@@ -256,9 +211,10 @@ def start_miniupnpd(router_ns: str, wan_if: str, lan_if: str, lan_subnet: str, *
                     ready_timeout: float = 5.0, console_log: bool = False) -> Miniupnpd:
     """Run miniupnpd in namespace *router_ns* and wait until it listens.
 
-    *wan_if* must carry a non-reserved IPv4 address.  The ``table inet
-    filter`` with miniupnpd's three chains must exist (``PortmapLab`` makes
-    it).  *natpmp*/*pcp* choose what answers on UDP 5351 (one switch in
+    *wan_if* must carry a non-reserved IPv4 address.  The router's own
+    ruleset must accept forwarded traffic that miniupnpd translated (``ct
+    status dnat``); its table (:data:`MINIUPNPD_TABLE`) is made here.
+    *natpmp*/*pcp* choose what answers on UDP 5351 (one switch in
     miniupnpd, see the module docstring), *upnp* the SSDP/HTTP side,
     *igd_v1* makes it describe itself as IGD v1 (no AddAnyPortMapping).
     ``secure_mode`` is on and only *lan_subnet* may map ports 1024-65535.
@@ -267,7 +223,29 @@ def start_miniupnpd(router_ns: str, wan_if: str, lan_if: str, lan_subnet: str, *
     """
     if not (natpmp or pcp or upnp):
         raise ValueError("enable at least one of natpmp, pcp, upnp")
-    workdir = tempfile.mkdtemp(prefix="pcpm-miniupnpd-")
+    binary = which("miniupnpd")
+    if binary is None:
+        raise LabUnavailable(f"the router lab needs miniupnpd "
+                             f"(apt-get install {PACKAGES['miniupnpd']})")
+    nft = netns_exec(router_ns, ["nft", "-f", "-"])
+    run(nft, stdin=MINIUPNPD_TABLE)
+    # NAT-PMP and PCP share a socket: silence the one not wanted.
+    drop = []
+    if natpmp and not pcp:
+        drop.append("@th,64,8 2")
+    if pcp and not natpmp:
+        drop.append("@th,64,8 0")
+    if drop:
+        rules = "\n".join(f"        iifname \"{lan_if}\" udp dport 5351 {m} drop" for m in drop)
+        run(nft, stdin=f"""
+table inet {_ONLY_TABLE} {{
+    chain input {{
+        type filter hook input priority -10; policy accept;
+{rules}
+    }}
+}}
+""")
+    workdir = tempfile.mkdtemp(prefix="punchcat-miniupnpd-")
     config = "\n".join([
         f"ext_ifname={wan_if}",
         f"listening_ip={lan_if}",
@@ -295,24 +273,7 @@ def start_miniupnpd(router_ns: str, wan_if: str, lan_if: str, lan_subnet: str, *
     conf_path = os.path.join(workdir, "miniupnpd.conf")
     with open(conf_path, "w") as f:
         f.write(config)
-    # NAT-PMP and PCP share a socket: silence the one not wanted.
-    drop = []
-    if natpmp and not pcp:
-        drop.append("@th,64,8 2")
-    if pcp and not natpmp:
-        drop.append("@th,64,8 0")
-    if drop:
-        rules = "\n".join(f"        iifname \"{lan_if}\" udp dport 5351 {m} drop" for m in drop)
-        _run(netns_exec(router_ns, ["nft", "-f", "-"]), stdin=f"""
-table inet pcpm_filter {{
-    chain input {{
-        type filter hook input priority -10; policy accept;
-{rules}
-    }}
-}}
-""")
     log_path = os.path.join(workdir, "log")
-    binary = shutil.which("miniupnpd") or "/usr/sbin/miniupnpd"
     with open(log_path, "wb") as log:
         argv = [binary, "-f", conf_path, "-d", "-P", os.path.join(workdir, "pid")]
         if not console_log:
@@ -371,8 +332,6 @@ def serve_scripted(mode: str, listen: str, wan_address: str = "100.64.12.34",
       TCP mapping request is printed (``map PORT LIFETIME``) as carried out,
       so a test can count them and replay the router's table.
     """
-    import random
-    import selectors
     start = time.monotonic() if epoch_start is None else epoch_start
     sel = selectors.DefaultSelector()
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -446,41 +405,40 @@ def serve_scripted(mode: str, listen: str, wan_address: str = "100.64.12.34",
 IGD_ST = "urn:schemas-upnp-org:device:InternetGatewayDevice:1"
 
 
-def start_scripted(lab: PortmapLab, mode: str, **kwargs) -> subprocess.Popen:
-    """Run :func:`serve_scripted` in the lab's router; returns when it listens."""
-    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    code = (f"from punchcat.lab.upnp import serve_scripted; "
-            f"serve_scripted({mode!r}, {ROUTER_LAN_IP!r}{', ' + args if args else ''})")
-    proc = lab.popen("r", [sys.executable, "-c", code], stdout=subprocess.PIPE,
+def start_scripted(lab: Namespaces, mode: str, role: str = "r", listen: str = ROUTER_LAN_IP,
+                   **options) -> subprocess.Popen:
+    """Run :func:`serve_scripted` (*mode*, *options*) in the router *role* of
+    *lab*, answering on its LAN address *listen*; returns when it listens."""
+    args = "".join(f", {k}={v!r}" for k, v in options.items())
+    code = f"from {_MODULE} import serve_scripted; serve_scripted({mode!r}, {listen!r}{args})"
+    proc = lab.popen(role, [sys.executable, "-c", code], stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         proc.kill()
-        raise LabUnavailable(f"scripted responder did not start: {proc.stderr.read()[-500:]}")
+        raise LabUnavailable(f"the scripted {mode} responder did not start: "
+                             f"{proc.stderr.read()[-500:]}")
     return proc
 
 
 # -- driving the client inside the host namespace ---------------------------
 
 def _status_json(status) -> dict:
-    import dataclasses
     data = dataclasses.asdict(status)
     data["lines"] = status.lines
     return data
 
 
 def _client_main(argv: list[str]) -> None:
-    """``python -m punchcat.lab.upnp map JSON`` / ``whoami JSON``: run the
+    """``python -m punchcat.lab.router map JSON`` / ``whoami JSON``: run the
     client here and print JSON lines (for the lab tests, which run it in the
     host namespace).  ``map`` prints the status once the first mapping round
     is over, then closes when a line arrives on stdin (or at EOF) and prints
     the final status with the time close() took."""
-    import json
     from punchcat.portmap.client import PortMapper, whoami
     mode, options = argv[0], json.loads(argv[1]) if len(argv) > 1 else {}
     if mode == "whoami":
         began = time.monotonic()
         report = whoami(**options)
-        import dataclasses
         print(json.dumps({"elapsed": time.monotonic() - began, **dataclasses.asdict(report)}),
               flush=True)
         return
@@ -505,18 +463,21 @@ def _client_main(argv: list[str]) -> None:
     finish()
 
 
+def _client(mode: str, options: dict) -> tuple[list[str], dict]:
+    """The command that runs :func:`_client_main`, and its environment: this
+    checkout's punchcat comes first on the path."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return [sys.executable, "-m", _MODULE, mode, json.dumps(options)], env
+
+
 class LabClient:
     """The portmap client run in the lab's host namespace (see
     :func:`_client_main`): ``status`` once mapped, :meth:`close` for the rest."""
 
     def __init__(self, lab: PortmapLab, ports: list[int], **options):
-        import json
-        self._json = json
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.proc = lab.popen("h", [sys.executable, "-m", "punchcat.lab.upnp", "map",
-                                    json.dumps({"ports": ports, **options})],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        argv, env = _client("map", {"ports": ports, **options})
+        self.proc = lab.popen("h", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
         if not line:
@@ -533,17 +494,14 @@ class LabClient:
         out, err = self.proc.communicate(timeout=10)
         if self.proc.returncode != (143 if by_signal else 0):
             raise AssertionError(f"client failed ({self.proc.returncode}): {err[-2000:]}")
-        return self._json.loads(out)
+        return json.loads(out)
 
 
 def lab_whoami(lab: PortmapLab, **options) -> dict:
     """:func:`punchcat.portmap.client.whoami` run in the lab's host namespace."""
-    import json
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run(lab.command("h", [sys.executable, "-m", "punchcat.lab.upnp", "whoami",
-                                            json.dumps(options)]),
-                          capture_output=True, text=True, timeout=30, env=env)
+    argv, env = _client("whoami", options)
+    done = subprocess.run(lab.command("h", argv), capture_output=True, text=True, timeout=30,
+                          env=env)
     if done.returncode != 0:
         raise AssertionError(f"whoami failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout)
