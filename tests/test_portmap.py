@@ -363,6 +363,41 @@ def test_description_without_wan_service():
         upnp.parse_description(b"<notroot/>", "http://1.2.3.4/")
 
 
+def _with_ip2_version(version: str) -> bytes:
+    """ROOT_DESC with the WANIPConnection:2 service's version as *version*
+    (every character a character reference, so CR survives the parser)."""
+    refs = "".join(f"&#{ord(c)};" for c in version)
+    return ROOT_DESC.replace(b"WANIPConnection:2</serviceType><controlURL>/ctl/IPConn",
+                             f"WANIPConnection:{refs}</serviceType><controlURL>/ctl/IPConn"
+                             .encode())
+
+
+@pytest.mark.parametrize("version", ["1\r\nX: y", "1\r\nX-Injected", "\u0661", "2\u00b2", "1.0"])
+def test_description_with_a_service_version_not_ascii_digits_is_refused(version):
+    """The service type goes into the SOAPAction header of every request to
+    it: a CR or LF there would start a header of the router's choosing, and
+    a non-ASCII digit (which ``str.isdigit`` and ``int`` take) would fail
+    the request's encoding, outside the one parse error."""
+    with pytest.raises(MalformedResponse):
+        upnp.parse_description(_with_ip2_version(version), "http://192.168.7.1:45921/rootDesc.xml")
+    assert upnp.Service("urn:schemas-upnp-org:service:WANIPConnection:" + version,
+                        "http://1.2.3.4/").version == 1
+
+
+@FUZZ
+@given(st.text(max_size=12))
+def test_a_parsed_service_always_builds_a_well_formed_request(version):
+    description = never_else(upnp.parse_description, _with_ip2_version(version),
+                             "http://192.168.7.1:45921/rootDesc.xml")
+    for service in description.services if description else ():
+        for request in (upnp.add_port_mapping_request(service, 1, "192.168.7.2", 60),
+                        upnp.delete_port_mapping_request(service, 1)):
+            head = request.split(b"\r\n\r\n", 1)[0].decode("ascii")
+            lines = head.split("\r\n")
+            assert not any("\r" in line or "\n" in line for line in lines)
+            assert sum(line.startswith("SOAPAction: ") for line in lines) == 1
+
+
 BILLION_LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
                   + b"".join(b'<!ENTITY lol%d "%s">' % (i + 1, (b"&lol%s;" % (str(i).encode() if i else b"")) * 10)
                              for i in range(9))
