@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from punchcat.portmap import natpmp, pcp, upnp
-from punchcat.portmap.client import Engine, PortMapper, whoami
+from punchcat.portmap.client import PortMapper, whoami
 from punchcat.portmap.common import MalformedResponse, classify_ipv4, escape
+from punchcat.portmap.engine import Engine
 from punchcat.portmap.local import default_gateways, default_gateways_v6, global_ipv6_addresses
+from punchcat.portmap.results import Refusal
 
 #: PUNCHCAT_FUZZ_EXAMPLES=5000 for a longer run.
 FUZZ = settings(max_examples=int(os.environ.get("PUNCHCAT_FUZZ_EXAMPLES", 400)), deadline=None)
@@ -599,10 +601,10 @@ def test_engine_rejects_bad_arguments():
 
 def test_window_is_first_come_first_served_and_bounded():
     import time
-    from punchcat.portmap.client import _Window
+    from punchcat.portmap.exchange import Window
 
     async def main():
-        window = _Window(2)
+        window = Window(2)
         far = time.monotonic() + 5
         assert await window.acquire(far) and await window.acquire(far)
         order = []
@@ -660,7 +662,7 @@ def _loopback_router(service: float, drop_first: bool = False):
 
 def _ask_four(port: int, pace) -> list:
     import time
-    from punchcat.portmap.client import udp_exchange
+    from punchcat.portmap.exchange import udp_exchange
 
     async def main():
         deadline = time.monotonic() + 3
@@ -675,10 +677,10 @@ def test_a_busy_router_gets_no_copies():
     0.8 s in its queue.  Paced, none is sent again while the router answers
     older ones; unpaced, those still waiting at 0.25 s are copied (with a
     wide margin, so that a loaded machine still shows the difference)."""
-    from punchcat.portmap.client import _Pace
+    from punchcat.portmap.exchange import Pace
     port, got, close = _loopback_router(0.2)
     try:
-        assert _ask_four(port, _Pace()) == [b"req0", b"req1", b"req2", b"req3"]
+        assert _ask_four(port, Pace()) == [b"req0", b"req1", b"req2", b"req3"]
         assert len(got) == 4
         got.clear()
         _ask_four(port, None)
@@ -688,10 +690,10 @@ def test_a_busy_router_gets_no_copies():
 
 
 def test_a_lost_request_is_still_sent_again():
-    from punchcat.portmap.client import _Pace
+    from punchcat.portmap.exchange import Pace
     port, got, close = _loopback_router(0.05, drop_first=True)
     try:
-        assert _ask_four(port, _Pace()) == [b"req0", b"req1", b"req2", b"req3"]
+        assert _ask_four(port, Pace()) == [b"req0", b"req1", b"req2", b"req3"]
         assert len(got) == 5
     finally:
         close()
@@ -700,12 +702,13 @@ def test_a_lost_request_is_still_sent_again():
 # -- the UPnP mapping logic against a scripted SOAP server on loopback ---------
 
 def _scripted_upnp(answers, version=1):
-    """Run Engine._upnp_map for TCP 31234 and then remove_all against a SOAP
-    server on 127.0.0.1 whose answer to each call is ``answers(action, lease)``;
-    (the mapping or failure text, the calls made as (action, lease))."""
+    """Map TCP 31234 with the UPnP driver and then run the engine's
+    remove_all against a SOAP server on 127.0.0.1 whose answer to each call
+    is ``answers(action, lease)``; (the mapping or refusal, the calls made as
+    (action, lease), the final status)."""
     import re
     import time
-    from punchcat.portmap.client import Answer, _Igd
+    from punchcat.portmap.upnp_driver import Igd
     calls = []
 
     async def main():
@@ -732,11 +735,11 @@ def _scripted_upnp(answers, version=1):
         engine = Engine([31234], gateways=["127.0.0.1"])
         service = upnp.Service(upnp.WANIP2 if version == 2 else upnp.WANIP1,
                                f"http://127.0.0.1:{port}/ctl")
-        engine._igd["127.0.0.1"] = _Igd(service, upnp.Description("", "", "", (service,)), "",
-                                        "127.0.0.1")
-        engine._answers[("upnp", "127.0.0.1")] = Answer("upnp", "127.0.0.1", "ok", "5.5.5.1")
-        result = await engine._upnp_map("127.0.0.1", 31234, time.monotonic() + 1, None)
-        engine._record("upnp", "127.0.0.1", 31234, result)
+        driver = engine.drivers["upnp"]
+        driver.igds["127.0.0.1"] = Igd(service, upnp.Description("", "", "", (service,)), "",
+                                       "127.0.0.1", "5.5.5.1")
+        result = await driver.map("127.0.0.1", 31234, time.monotonic() + 1)
+        engine.ledger.record(31234, result)
         await engine.remove_all(1)
         server.close()
         return result, engine.snapshot()
@@ -772,6 +775,7 @@ def test_upnp_conflict_on_igd2_uses_add_any_port_mapping():
 def test_upnp_conflict_on_igd1_is_reported_escaped():
     result, calls, status = _scripted_upnp(
         lambda action, lease: soap_fault(718, "Conflict\u009b2J\u202e"), version=1)
-    assert result == "718 Conflict\\x9b2J\\u202e"
+    assert result == Refusal("refused", "718 Conflict\\x9b2J\\u202e")
     assert calls == [("AddPortMapping", 120)]
-    assert status.failures == ((31234, result),)
+    assert status.failures == ((31234, result.text),)
+

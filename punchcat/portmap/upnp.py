@@ -55,6 +55,9 @@ FAULTS = {
 CONFLICT = 718
 CONFLICT_OTHER = 729          # e.g. the router itself uses the port
 ONLY_PERMANENT = 725
+#: No such mapping: for a deletion, or a lookup before one, the port is
+#: already free, as good as success.
+NO_SUCH_ENTRY = 714
 
 
 # -- SSDP --------------------------------------------------------------------
