@@ -597,6 +597,33 @@ def test_engine_rejects_bad_arguments():
         Engine([1], lifetime=0)
 
 
+def test_removal_notes_name_the_ports_removed_not_those_left_to_another_mapper():
+    """When the ports roll, the ports in both sets are left to the new
+    mapper; the note on removal names the ports the router removed (it used
+    to pair the removals' results with the held mappings in order, left ones
+    included, and named the wrong ports)."""
+    from punchcat.portmap.driver import Held
+    from punchcat.portmap.results import Mapping
+    old = Engine([1, 2, 3], protocols=["natpmp"], gateways=["192.0.2.1"])
+    new = Engine([2, 3, 4], protocols=["natpmp"], gateways=["192.0.2.1"])
+    for engine, ports in ((old, [2, 3, 1]), (new, [2, 3])):      # in the order answers came
+        for port in ports:
+            engine.ledger.held[port] = Held(Mapping("natpmp", "192.0.2.1", port, port, None, 120),
+                                            0.0)
+    deleted = []
+
+    async def delete(held, deadline):
+        deleted.append(held.mapping.internal_port)
+        return True
+    old.drivers["natpmp"].delete = delete
+    asyncio.run(old.remove_all(1))
+    assert deleted == [1]
+    assert old.snapshot().notes == (
+        "NAT-PMP: TCP 2, 3 left mapped for the other mapper that holds them too",
+        "NAT-PMP: removed 1 mapping (TCP 1)")
+    assert new.wants("natpmp", "192.0.2.1", 2) and not old.wants("natpmp", "192.0.2.1", 2)
+
+
 # -- pacing: the window and retransmissions, against a loopback router ----------
 
 def test_window_is_first_come_first_served_and_bounded():

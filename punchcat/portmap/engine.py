@@ -371,7 +371,7 @@ class Engine:
                 left.append(m)
             else:
                 removals.append(self.drivers[m.protocol].delete(h, deadline))
-            what.append(m)
+                what.append(m)
         unsure = []
         for protocol, driver in self.drivers.items():
             def skip(gw: str, port: int, protocol: str = protocol) -> bool:
