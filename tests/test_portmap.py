@@ -806,3 +806,15 @@ def test_upnp_conflict_on_igd1_is_reported_escaped():
     assert calls == [("AddPortMapping", 120)]
     assert status.failures == ((31234, result.text),)
 
+
+def test_upnp_reserved_port_in_other_digits_is_a_refusal_not_a_crash():
+    """``"²".isdigit()`` is true and ``int("²")`` raises: a router's
+    NewReservedPort is taken only in ASCII digits."""
+    def answers(action, lease):
+        if action == "AddPortMapping":
+            return soap_fault(718, "ConflictInMappingEntry")
+        return soap_ok(action, {"NewReservedPort": "\u00b2"})
+    result, calls, status = _scripted_upnp(answers, version=2)
+    assert result == Refusal("garbage", "AddAnyPortMapping gave no usable port (\u00b2)")
+    assert calls == [("AddPortMapping", 120), ("AddAnyPortMapping", 120)]
+    assert status.failures == ((31234, result.text),)

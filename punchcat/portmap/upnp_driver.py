@@ -37,8 +37,9 @@ class Igd:
 
 
 def _port_number(text: str) -> int | None:
-    """A port number a router wrote, or None."""
-    if text.isdigit() and 0 < int(text) < 65536:
+    """A port number a router wrote, or None (ASCII digits only: int() also
+    takes other scripts' digits)."""
+    if text.isascii() and text.isdigit() and 0 < int(text) < 65536:
         return int(text)
     return None
 
