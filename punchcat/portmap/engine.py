@@ -35,7 +35,7 @@ from .results import (NAMES, PROTOCOLS, STILL_ASKING, Answer, NoAnswer, PortmapS
                       Refusal, ports_text)
 from .upnp_driver import UpnpDriver
 
-DRIVERS: dict[str, type[Driver]] = {"pcp": PcpDriver, "natpmp": NatPmpDriver, "upnp": UpnpDriver}
+DRIVERS: dict[str, type[Driver]] = {d.protocol: d for d in (PcpDriver, NatPmpDriver, UpnpDriver)}
 MAX_GATEWAYS = 3
 #: Once a protocol has answered, how long a better one still pending is waited for.
 GRACE = 0.1
