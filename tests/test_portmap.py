@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from punchcat.portmap import natpmp, pcp, upnp
-from punchcat.portmap.client import Engine, PortMapper, whoami
+from punchcat.portmap.client import PortMapper, whoami
 from punchcat.portmap.common import MalformedResponse, escape
+from punchcat.portmap.engine import Engine
 from punchcat.portmap.local import default_gateways, default_gateways_v6, global_ipv6_addresses
+from punchcat.portmap.results import Refusal
 
 #: PUNCHCAT_FUZZ_EXAMPLES=5000 for a longer run.
 FUZZ = settings(max_examples=int(os.environ.get("PUNCHCAT_FUZZ_EXAMPLES", 400)), deadline=None)
@@ -363,6 +365,41 @@ def test_description_without_wan_service():
         upnp.parse_description(b"<notroot/>", "http://1.2.3.4/")
 
 
+def _with_ip2_version(version: str) -> bytes:
+    """ROOT_DESC with the WANIPConnection:2 service's version as *version*
+    (every character a character reference, so CR survives the parser)."""
+    refs = "".join(f"&#{ord(c)};" for c in version)
+    return ROOT_DESC.replace(b"WANIPConnection:2</serviceType><controlURL>/ctl/IPConn",
+                             f"WANIPConnection:{refs}</serviceType><controlURL>/ctl/IPConn"
+                             .encode())
+
+
+@pytest.mark.parametrize("version", ["1\r\nX: y", "1\r\nX-Injected", "\u0661", "2\u00b2", "1.0"])
+def test_description_with_a_service_version_not_ascii_digits_is_refused(version):
+    """The service type goes into the SOAPAction header of every request to
+    it: a CR or LF there would start a header of the router's choosing, and
+    a non-ASCII digit (which ``str.isdigit`` and ``int`` take) would fail
+    the request's encoding, outside the one parse error."""
+    with pytest.raises(MalformedResponse):
+        upnp.parse_description(_with_ip2_version(version), "http://192.168.7.1:45921/rootDesc.xml")
+    assert upnp.Service("urn:schemas-upnp-org:service:WANIPConnection:" + version,
+                        "http://1.2.3.4/").version == 1
+
+
+@FUZZ
+@given(st.text(max_size=12))
+def test_a_parsed_service_always_builds_a_well_formed_request(version):
+    description = never_else(upnp.parse_description, _with_ip2_version(version),
+                             "http://192.168.7.1:45921/rootDesc.xml")
+    for service in description.services if description else ():
+        for request in (upnp.add_port_mapping_request(service, 1, "192.168.7.2", 60),
+                        upnp.delete_port_mapping_request(service, 1)):
+            head = request.split(b"\r\n\r\n", 1)[0].decode("ascii")
+            lines = head.split("\r\n")
+            assert not any("\r" in line or "\n" in line for line in lines)
+            assert sum(line.startswith("SOAPAction: ") for line in lines) == 1
+
+
 BILLION_LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
                   + b"".join(b'<!ENTITY lol%d "%s">' % (i + 1, (b"&lol%s;" % (str(i).encode() if i else b"")) * 10)
                              for i in range(9))
@@ -552,14 +589,41 @@ def test_engine_rejects_bad_arguments():
         Engine([1], lifetime=0)
 
 
+def test_removal_notes_name_the_ports_removed_not_those_left_to_another_mapper():
+    """When the ports roll, the ports in both sets are left to the new
+    mapper; the note on removal names the ports the router removed (it used
+    to pair the removals' results with the held mappings in order, left ones
+    included, and named the wrong ports)."""
+    from punchcat.portmap.driver import Held
+    from punchcat.portmap.results import Mapping
+    old = Engine([1, 2, 3], protocols=["natpmp"], gateways=["192.0.2.1"])
+    new = Engine([2, 3, 4], protocols=["natpmp"], gateways=["192.0.2.1"])
+    for engine, ports in ((old, [2, 3, 1]), (new, [2, 3])):      # in the order answers came
+        for port in ports:
+            engine.ledger.held[port] = Held(Mapping("natpmp", "192.0.2.1", port, port, None, 120),
+                                            0.0)
+    deleted = []
+
+    async def delete(held, deadline):
+        deleted.append(held.mapping.internal_port)
+        return True
+    old.drivers["natpmp"].delete = delete
+    asyncio.run(old.remove_all(1))
+    assert deleted == [1]
+    assert old.snapshot().notes == (
+        "NAT-PMP: TCP 2, 3 left mapped for the other mapper that holds them too",
+        "NAT-PMP: removed 1 mapping (TCP 1)")
+    assert new.wants("natpmp", "192.0.2.1", 2) and not old.wants("natpmp", "192.0.2.1", 2)
+
+
 # -- pacing: the window and retransmissions, against a loopback router ----------
 
 def test_window_is_first_come_first_served_and_bounded():
     import time
-    from punchcat.portmap.client import _Window
+    from punchcat.portmap.exchange import Window
 
     async def main():
-        window = _Window(2)
+        window = Window(2)
         far = time.monotonic() + 5
         assert await window.acquire(far) and await window.acquire(far)
         order = []
@@ -617,7 +681,7 @@ def _loopback_router(service: float, drop_first: bool = False):
 
 def _ask_four(port: int, pace) -> list:
     import time
-    from punchcat.portmap.client import udp_exchange
+    from punchcat.portmap.exchange import udp_exchange
 
     async def main():
         deadline = time.monotonic() + 3
@@ -632,10 +696,10 @@ def test_a_busy_router_gets_no_copies():
     0.8 s in its queue.  Paced, none is sent again while the router answers
     older ones; unpaced, those still waiting at 0.25 s are copied (with a
     wide margin, so that a loaded machine still shows the difference)."""
-    from punchcat.portmap.client import _Pace
+    from punchcat.portmap.exchange import Pace
     port, got, close = _loopback_router(0.2)
     try:
-        assert _ask_four(port, _Pace()) == [b"req0", b"req1", b"req2", b"req3"]
+        assert _ask_four(port, Pace()) == [b"req0", b"req1", b"req2", b"req3"]
         assert len(got) == 4
         got.clear()
         _ask_four(port, None)
@@ -645,10 +709,10 @@ def test_a_busy_router_gets_no_copies():
 
 
 def test_a_lost_request_is_still_sent_again():
-    from punchcat.portmap.client import _Pace
+    from punchcat.portmap.exchange import Pace
     port, got, close = _loopback_router(0.05, drop_first=True)
     try:
-        assert _ask_four(port, _Pace()) == [b"req0", b"req1", b"req2", b"req3"]
+        assert _ask_four(port, Pace()) == [b"req0", b"req1", b"req2", b"req3"]
         assert len(got) == 5
     finally:
         close()
@@ -657,12 +721,13 @@ def test_a_lost_request_is_still_sent_again():
 # -- the UPnP mapping logic against a scripted SOAP server on loopback ---------
 
 def _scripted_upnp(answers, version=1):
-    """Run Engine._upnp_map for TCP 31234 and then remove_all against a SOAP
-    server on 127.0.0.1 whose answer to each call is ``answers(action, lease)``;
-    (the mapping or failure text, the calls made as (action, lease))."""
+    """Map TCP 31234 with the UPnP driver and then run the engine's
+    remove_all against a SOAP server on 127.0.0.1 whose answer to each call
+    is ``answers(action, lease)``; (the mapping or refusal, the calls made as
+    (action, lease), the final status)."""
     import re
     import time
-    from punchcat.portmap.client import Answer, _Igd
+    from punchcat.portmap.upnp_driver import Igd
     calls = []
 
     async def main():
@@ -689,11 +754,11 @@ def _scripted_upnp(answers, version=1):
         engine = Engine([31234], gateways=["127.0.0.1"])
         service = upnp.Service(upnp.WANIP2 if version == 2 else upnp.WANIP1,
                                f"http://127.0.0.1:{port}/ctl")
-        engine._igd["127.0.0.1"] = _Igd(service, upnp.Description("", "", "", (service,)), "",
-                                        "127.0.0.1")
-        engine._answers[("upnp", "127.0.0.1")] = Answer("upnp", "127.0.0.1", "ok", "5.5.5.1")
-        result = await engine._upnp_map("127.0.0.1", 31234, time.monotonic() + 1, None)
-        engine._record("upnp", "127.0.0.1", 31234, result)
+        driver = engine.drivers["upnp"]
+        driver.igds["127.0.0.1"] = Igd(service, upnp.Description("", "", "", (service,)), "",
+                                       "127.0.0.1", "5.5.5.1")
+        result = await driver.map("127.0.0.1", 31234, time.monotonic() + 1)
+        engine.ledger.record(31234, result)
         await engine.remove_all(1)
         server.close()
         return result, engine.snapshot()
@@ -729,6 +794,19 @@ def test_upnp_conflict_on_igd2_uses_add_any_port_mapping():
 def test_upnp_conflict_on_igd1_is_reported_escaped():
     result, calls, status = _scripted_upnp(
         lambda action, lease: soap_fault(718, "Conflict\u009b2J\u202e"), version=1)
-    assert result == "718 Conflict\\x9b2J\\u202e"
+    assert result == Refusal("refused", "718 Conflict\\x9b2J\\u202e")
     assert calls == [("AddPortMapping", 120)]
-    assert status.failures == ((31234, result),)
+    assert status.failures == ((31234, result.text),)
+
+
+def test_upnp_reserved_port_in_other_digits_is_a_refusal_not_a_crash():
+    """``"²".isdigit()`` is true and ``int("²")`` raises: a router's
+    NewReservedPort is taken only in ASCII digits."""
+    def answers(action, lease):
+        if action == "AddPortMapping":
+            return soap_fault(718, "ConflictInMappingEntry")
+        return soap_ok(action, {"NewReservedPort": "\u00b2"})
+    result, calls, status = _scripted_upnp(answers, version=2)
+    assert result == Refusal("garbage", "AddAnyPortMapping gave no usable port (\u00b2)")
+    assert calls == [("AddPortMapping", 120), ("AddAnyPortMapping", 120)]
+    assert status.failures == ((31234, result.text),)

@@ -33,6 +33,9 @@ RESULT_NAMES = {
     11: "CANNOT_PROVIDE_EXTERNAL", 12: "ADDRESS_MISMATCH", 13: "EXCESSIVE_REMOTE_PEERS",
 }
 SUCCESS, UNSUPP_VERSION, NOT_AUTHORIZED = 0, 1, 2
+#: Also what miniupnpd answers to the deletion of a mapping that is not
+#: there: for a deletion, as good as success.
+NO_RESOURCES = 8
 CANNOT_PROVIDE_EXTERNAL, ADDRESS_MISMATCH = 11, 12
 
 

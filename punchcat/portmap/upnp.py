@@ -55,6 +55,9 @@ FAULTS = {
 CONFLICT = 718
 CONFLICT_OTHER = 729          # e.g. the router itself uses the port
 ONLY_PERMANENT = 725
+#: No such mapping: for a deletion, or a lookup before one, the port is
+#: already free, as good as success.
+NO_SUCH_ENTRY = 714
 
 
 # -- SSDP --------------------------------------------------------------------
@@ -279,6 +282,12 @@ def _text(element: ET.Element | None) -> str:
 
 # -- device description ------------------------------------------------------
 
+#: A service type's version: ASCII digits (``str.isdigit`` and ``int`` also
+#: take other scripts' digits, and the type goes into a SOAPAction header,
+#: where a CR or LF would start a header of the router's choosing).
+_VERSION = re.compile(r"[0-9]{1,3}")
+
+
 @dataclass(frozen=True)
 class Service:
     service_type: str
@@ -287,7 +296,7 @@ class Service:
     @property
     def version(self) -> int:
         tail = self.service_type.rsplit(":", 1)[-1]
-        return int(tail) if tail.isdigit() and len(tail) < 4 else 1
+        return int(tail) if _VERSION.fullmatch(tail) else 1
 
 
 @dataclass(frozen=True)
@@ -315,10 +324,12 @@ def parse_description(data: bytes, location: str) -> Description:
     services = []
     for element in root.iter("service"):
         service_type = _text(element.find("serviceType"))
-        kind = service_type.split(":")
-        if (len(kind) != 5 or kind[:4] != ["urn", "schemas-upnp-org", "service", kind[3]]
+        kind = service_type.split(":", 4)
+        if (len(kind) != 5 or kind[:3] != ["urn", "schemas-upnp-org", "service"]
                 or kind[3] not in ("WANIPConnection", "WANPPPConnection")):
             continue
+        if not _VERSION.fullmatch(kind[4]):
+            raise MalformedResponse(f"a {kind[3]} service of version {kind[4][:20]!r}")
         control = _text(element.find("controlURL"))
         if not control:
             continue
