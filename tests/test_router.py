@@ -1,4 +1,4 @@
-"""Issue 14: the home router's help (PCP, NAT-PMP, UPnP-IGD through Debian's
+"""The home router's help (PCP, NAT-PMP, UPnP-IGD through Debian's
 miniupnpd in the lab router), --whoami, and several PEER addresses raced.
 Real punchcat processes in the NAT lab (root; see conftest)."""
 

@@ -3,8 +3,6 @@ escaping of router-supplied text."""
 
 from __future__ import annotations
 
-# The client classifies the router's WAN address; the classes are punchcat.addresses'.
-from ..addresses import classify_ipv4
 
 
 class MalformedResponse(ValueError):

@@ -14,7 +14,7 @@ import asyncio
 import threading
 from typing import Callable, Iterable
 
-from .common import classify_ipv4
+from ..addresses import classify_ipv4
 from .driver import Held
 from .results import (NAMES, PROTOCOLS, STILL_ASKING, Answer, Mapping, PortmapStatus, Refusal,
                       names_text, ports_text)
