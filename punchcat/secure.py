@@ -4,8 +4,9 @@ Construction (see also the README's design note)
 ------------------------------------------------
 1. *Record layer.*  The agreed connection is wrapped in TLS 1.2 by the
    standard library (OpenSSL) with the anonymous Diffie-Hellman suite
-   ``ADH-AES128-GCM-SHA256`` over the RFC 7919 group ffdhe2048 (anonymous
-   suites need OpenSSL security level 0).  The leader is the TLS client.
+   ``ADH-AES128-GCM-SHA256`` over the RFC 7919 group ffdhe3072 (anonymous
+   suites need OpenSSL security level 0; the leader refuses any other
+   group, see :class:`ServerFlightScan`).  The leader is the TLS client.
    The DH exchange gives both ends a fresh key for this connection and
    forward secrecy; AES-GCM gives confidentiality and integrity.  Nothing
    in TLS authenticates either end here: that is step 2.  Every run makes
@@ -42,6 +43,7 @@ secret" flag in the clear hello.
 
 from __future__ import annotations
 
+import base64
 import importlib.resources
 import socket
 import ssl
@@ -75,7 +77,7 @@ def _context(server: bool) -> ssl.SSLContext:
     # tls-unique needs to be unique to the connection (no triple handshake).
     ctx.options |= ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
     if server:
-        params = importlib.resources.files("punchcat").joinpath("ffdhe2048.pem")
+        params = importlib.resources.files("punchcat").joinpath(GROUP_FILE)
         with importlib.resources.as_file(params) as path:
             ctx.load_dh_params(str(path))
     return ctx
@@ -268,28 +270,47 @@ class _Deadline:
         self.sock.sendall(data)
 
 
-class ServerHelloScan:
-    """Finds the TLS 1.2 ServerHello in a byte stream (the records as they
-    travel) and lists its extensions, to check that the extended master
-    secret (RFC 7627, extension 23) was negotiated: the server sends it only
-    when both ends agreed on it.  Python's ssl module does not say, and
-    OpenSSL has no switch to require it.  The leader (TLS client) scans
-    what it receives, the follower what it sends: both see the same hello,
-    which the TLS Finished messages authenticate."""
+class ServerFlightScan:
+    """Reads the server's first flight in a byte stream (the TLS 1.2 records
+    as they travel, before encryption starts) and keeps what punchcat must
+    check and Python's ssl module does not say:
+
+    * the ServerHello's extensions: the extended master secret (RFC 7627,
+      extension 23) must have been negotiated (the server sends it only when
+      both ends agreed on it; OpenSSL has no switch to require it);
+    * the ServerKeyExchange's Diffie-Hellman group (p, g): it must be the one
+      punchcat's follower sends (:data:`GROUP`).  A TLS client accepts any
+      group the server names, even one whose generator has a small order
+      (measured: a 2048-bit group with a generator of order 3 completed a
+      handshake); the channel binding would still hold, but the margin costs
+      nothing to keep.
+
+    The leader (TLS client) scans what it receives, and checks the group
+    before it sends its own key share; the follower scans what it sends.
+    Both see the same messages, which the TLS Finished messages authenticate.
+    """
 
     LIMIT = 64 * 1024
 
     def __init__(self):
         self._records = bytearray()
         self._handshake = bytearray()
+        self._seen = 0                   # bytes taken in, at most LIMIT
         #: The ServerHello's extension types, once it has been seen.
         self.extensions: frozenset[int] | None = None
+        #: The ServerKeyExchange's (p, g), once it has been seen.
+        self.group: tuple[int, int] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.extensions is not None and self.group is not None
 
     def feed(self, data) -> None:
-        if self.extensions is not None or len(self._records) > self.LIMIT:
+        if self.done or self._seen > self.LIMIT:
             return
+        self._seen += len(data)
         self._records += data
-        while len(self._records) >= 5 and self.extensions is None:
+        while len(self._records) >= 5 and not self.done:
             kind, _version, length = struct.unpack_from("!BHH", self._records)
             if len(self._records) < 5 + length:
                 return
@@ -298,13 +319,22 @@ class ServerHelloScan:
             if kind != 22:                        # not a handshake record
                 continue
             self._handshake += fragment
-            if len(self._handshake) < 4:
-                continue
+            self._messages()
+
+    def _messages(self) -> None:
+        while len(self._handshake) >= 4 and not self.done:
             size = int.from_bytes(self._handshake[1:4], "big")
-            if len(self._handshake) >= 4 + size:
-                body = bytes(self._handshake[4:4 + size])
-                self.extensions = (_hello_extensions(body) if self._handshake[0] == 2
-                                   else frozenset())
+            if len(self._handshake) < 4 + size:
+                return
+            kind, body = self._handshake[0], bytes(self._handshake[4:4 + size])
+            del self._handshake[:4 + size]
+            if self.extensions is None:
+                # The first message must be the ServerHello.
+                self.extensions = _hello_extensions(body) if kind == 2 else frozenset()
+            elif kind == 12:                      # ServerKeyExchange
+                self.group = _dh_group(body)
+            elif kind == 14:                      # ServerHelloDone: no key exchange came
+                self.group = (0, 0)
 
 
 def _hello_extensions(body: bytes) -> frozenset[int]:
@@ -324,6 +354,50 @@ def _hello_extensions(body: bytes) -> frozenset[int]:
         return frozenset(found)
     except IndexError:
         return frozenset()
+
+
+def _dh_group(body: bytes) -> tuple[int, int]:
+    """(p, g) of an anonymous DH ServerKeyExchange body (``dh_p``, ``dh_g``,
+    ``dh_Ys``, each with a 2-byte length); (0, 0) if malformed."""
+    values, pos = [], 0
+    for _ in range(2):
+        if pos + 2 > len(body):
+            return 0, 0
+        size = int.from_bytes(body[pos:pos + 2], "big")
+        if pos + 2 + size > len(body):
+            return 0, 0
+        values.append(int.from_bytes(body[pos + 2:pos + 2 + size], "big"))
+        pos += 2 + size
+    return values[0], values[1]
+
+
+def _pem_group(pem: str) -> tuple[int, int]:
+    """(p, g) of a PEM "DH PARAMETERS" block (DER: a SEQUENCE of two INTEGERs)."""
+    der = base64.b64decode("".join(line for line in pem.splitlines() if "-----" not in line))
+
+    def length(pos: int) -> tuple[int, int]:
+        first = der[pos]
+        if first < 0x80:
+            return first, pos + 1
+        size = first & 0x7F
+        return int.from_bytes(der[pos + 1:pos + 1 + size], "big"), pos + 1 + size
+
+    _, pos = length(1)                            # the SEQUENCE
+    found = []
+    for _ in range(2):
+        if der[pos] != 2:
+            raise ValueError(f"{GROUP_FILE}: not DH parameters")
+        size, pos = length(pos + 1)
+        found.append(int.from_bytes(der[pos:pos + size], "big"))
+        pos += size
+    return found[0], found[1]
+
+
+#: The Diffie-Hellman group the follower sends and the leader accepts: RFC
+#: 7919's ffdhe3072, as strong as SRP's 3072-bit group (a test checks the
+#: shipped parameters against the RFC's formula).
+GROUP_FILE = "ffdhe3072.pem"
+GROUP = _pem_group(importlib.resources.files("punchcat").joinpath(GROUP_FILE).read_text())
 
 
 def _recv_exactly(wire: _Deadline, n: int, obj, incoming) -> bytes:
@@ -366,7 +440,7 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
     password = normalize_secret(secret).encode("utf-8", "surrogateescape")
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = _context(server=not leader).wrap_bio(incoming, outgoing, server_side=not leader)
-    scan = ServerHelloScan()
+    scan = ServerFlightScan()
     incoming.write(leftover)
     if leader:
         scan.feed(leftover)
@@ -398,10 +472,17 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
                                                "connection during the TLS handshake")
                 if leader:
                     scan.feed(data)
+                    if scan.group not in (None, GROUP):
+                        raise AuthenticationFailed(
+                            "authentication failed: the peer's TLS offered a Diffie-Hellman "
+                            "group other than punchcat's (RFC 7919 ffdhe3072)")
                 incoming.write(data)
             except ssl.SSLError as exc:
                 raise AuthenticationFailed(f"authentication failed: TLS handshake: "
                                            f"{exc.reason or exc}") from None
+        if leader and scan.group != GROUP:
+            raise AuthenticationFailed("authentication failed: the TLS handshake did not use "
+                                       "punchcat's Diffie-Hellman group (RFC 7919 ffdhe3072)")
         if EXTENDED_MASTER_SECRET not in (scan.extensions or ()):
             raise AuthenticationFailed("authentication failed: the TLS handshake did not "
                                        "negotiate the extended master secret (RFC 7627)")

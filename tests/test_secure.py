@@ -23,7 +23,7 @@ from punchcat.relay import relay
 from punchcat.secret import (generate_code, generate_secret, normalize_secret, read_secret_file,
                              write_secret_file)
 from punchcat.secure import (EXTENDED_MASTER_SECRET, AuthenticationFailed, SecureChannel,
-                             ServerHelloScan, _context, secure)
+                             GROUP, ServerFlightScan, _context, secure)
 
 LEADER, FOLLOWER = Hello(b"\xee" * 16, flags=FLAG_SECRET), Hello(b"\x11" * 16, flags=FLAG_SECRET)
 HELLOS = LEADER.encode() + FOLLOWER.encode()
@@ -169,8 +169,7 @@ def test_the_relay_runs_over_the_secure_channel():
     assert bytes(got) == data
 
 
-def test_dh_parameters_are_rfc_7919_ffdhe2048():
-    pem = importlib.resources.files("punchcat").joinpath("ffdhe2048.pem").read_text()
+def _pem_integers(pem: str) -> tuple[int, int]:
     der = base64.b64decode("".join(line for line in pem.splitlines() if "-----" not in line))
 
     def integer(pos):
@@ -182,10 +181,140 @@ def test_dh_parameters_are_rfc_7919_ffdhe2048():
         return int.from_bytes(der[pos:pos + length], "big"), pos + length
     p, pos = integer(2 + (der[1] & 0x7F if der[1] & 0x80 else 0))
     g, _ = integer(pos)
-    decimal.getcontext().prec = 700
-    e = sum(decimal.Decimal(1) / math.factorial(k) for k in range(400))
+    return p, g
+
+
+def test_dh_parameters_are_rfc_7919_ffdhe3072():
+    pem = importlib.resources.files("punchcat").joinpath("ffdhe3072.pem").read_text()
+    p, g = _pem_integers(pem)
+    decimal.getcontext().prec = 1000
+    e = sum(decimal.Decimal(1) / math.factorial(k) for k in range(500))
     assert g == 2
-    assert p == 2 ** 2048 - 2 ** 1984 + (int(decimal.Decimal(2) ** 1918 * e) + 560316) * 2 ** 64 - 1
+    assert p == 2 ** 3072 - 2 ** 3008 + (int(decimal.Decimal(2) ** 2942 * e) + 2625351) * 2 ** 64 - 1
+    assert GROUP == (p, g)               # what the leader accepts is what the follower sends
+
+
+#: RFC 7919's ffdhe2048: a sound group, but not punchcat's.
+FFDHE2048 = """-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+
+
+def _der_integer(value: int) -> bytes:
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big")
+    size = len(body)
+    head = bytes([size]) if size < 0x80 else bytes([0x82]) + size.to_bytes(2, "big")
+    return b"\x02" + head + body
+
+
+def _pem(p: int, g: int) -> str:
+    body = _der_integer(p) + _der_integer(g)
+    der = b"\x30\x82" + len(body).to_bytes(2, "big") + body
+    text = base64.b64encode(der).decode()
+    lines = [text[i:i + 64] for i in range(0, len(text), 64)]
+    return "-----BEGIN DH PARAMETERS-----\n" + "\n".join(lines) + "\n-----END DH PARAMETERS-----\n"
+
+
+def _handshake_types(stream: bytes) -> list[int]:
+    """The handshake message types in a stream of TLS records (plaintext part)."""
+    types, pos, messages = [], 0, bytearray()
+    while pos + 5 <= len(stream):
+        kind, length = stream[pos], int.from_bytes(stream[pos + 3:pos + 5], "big")
+        if kind == 22:
+            messages += stream[pos + 5:pos + 5 + length]
+        elif kind == 20:                 # ChangeCipherSpec: what follows is encrypted
+            break
+        pos += 5 + length
+    while len(messages) >= 4:
+        types.append(messages[0])
+        del messages[:4 + int.from_bytes(messages[1:4], "big")]
+    return types
+
+
+@pytest.mark.parametrize("group", ["ffdhe2048", "generator of order 2"])
+def test_the_leader_refuses_a_foreign_dh_group_before_it_sends_its_key_share(tmp_path, group):
+    p, _ = GROUP
+    params = tmp_path / "dh.pem"
+    params.write_text(FFDHE2048 if group == "ffdhe2048" else _pem(p, p - 1))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers("ADH-AES128-GCM-SHA256:@SECLEVEL=0")
+    ctx.load_dh_params(str(params))
+    a, b = socket.socketpair()
+    out = {}
+
+    def victim():
+        try:
+            out["victim"] = secure(a, "s", True, LEADER.encode(), FOLLOWER.encode(), b"")
+        except AuthenticationFailed as exc:
+            out["victim"] = exc
+        a.close()
+    t = threading.Thread(target=victim)
+    t.start()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = ctx.wrap_bio(incoming, outgoing, server_side=True)
+    received = bytearray()
+    b.settimeout(10)
+    while True:
+        try:
+            server.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                b.sendall(outgoing.read())
+            data = b.recv(65536)
+            if not data:
+                break
+            received += data
+            incoming.write(data)
+        except ssl.SSLError:
+            break
+    t.join(30)
+    assert isinstance(out["victim"], AuthenticationFailed), out["victim"]
+    assert "Diffie-Hellman group" in str(out["victim"])
+    assert _handshake_types(bytes(received)) == [1]    # its ClientHello, no ClientKeyExchange
+    b.close()
+
+
+def test_only_tls_1_2_is_spoken():
+    a, b = socket.socketpair()
+    out = {}
+
+    def follower():
+        out["e"] = _catch(lambda: secure(a, "s", False, FOLLOWER.encode(), LEADER.encode(), b""))
+        a.close()
+    t = threading.Thread(target=follower)
+    t.start()
+    b.settimeout(10)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    with pytest.raises((ssl.SSLError, OSError)):
+        ctx.wrap_socket(b).do_handshake()
+    t.join(30)
+    assert isinstance(out["e"], AuthenticationFailed)
+
+
+def _catch(call):
+    try:
+        return call()
+    except AuthenticationFailed as exc:
+        return exc
+
+
+def test_the_tls_contexts_never_resume_or_renegotiate():
+    for server in (True, False):
+        ctx = _context(server)
+        assert ctx.minimum_version == ctx.maximum_version == ssl.TLSVersion.TLSv1_2
+        assert ctx.options & ssl.OP_NO_TICKET and ctx.options & ssl.OP_NO_RENEGOTIATION
+        tls12 = [c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"]
+        assert tls12 == ["ADH-AES128-GCM-SHA256"]      # (the TLS 1.3 ones are never used)
 
 
 @settings(max_examples=50, deadline=None)
@@ -387,7 +516,7 @@ def test_the_server_hello_scan_finds_the_extension_however_the_bytes_come():
     from_client, from_server = ssl.MemoryBIO(), ssl.MemoryBIO()
     client = _context(server=False).wrap_bio(to_client, from_client)
     server = _context(server=True).wrap_bio(to_server, from_server, server_side=True)
-    scan = ServerHelloScan()
+    scan = ServerFlightScan()
     for _ in range(5):
         for obj in (client, server):
             try:
@@ -400,7 +529,7 @@ def test_the_server_hello_scan_finds_the_extension_however_the_bytes_come():
             scan.feed(sent[i:i + 1])
         to_client.write(sent)
     assert scan.extensions is not None and EXTENDED_MASTER_SECRET in scan.extensions
-    without = ServerHelloScan()
+    without = ServerFlightScan()
     without.feed(b"\x16\x03\x03\x00\x04\x0e\x00\x00\x00")     # a ServerHelloDone first
     assert without.extensions == frozenset()
 
