@@ -87,8 +87,14 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
                     reporter.info(f"connection {_name(ev.conn)} failed: {exc.strerror}")
                     close(ev.conn)
             elif isinstance(ev, Drop):
-                reporter.info(f"dropped connection {_name(ev.conn)}: {ev.reason}")
-                _toward(seen, ev.conn).not_punchcat += 1
+                toward = _toward(seen, ev.conn)
+                if not ev.incompatible:
+                    reporter.info(f"dropped connection {_name(ev.conn)}: {ev.reason}")
+                    toward.not_punchcat += 1
+                elif toward.refused_hello(ev.reason):
+                    # Said at once (the user may be able to fix it), once per reason.
+                    reporter.warning(f"dropped a connection from {_name(ev.conn)}: "
+                                     f"{ev.reason}; still waiting for the peer")
                 close(ev.conn)
             elif isinstance(ev, Won) and ev.conn in conns:
                 # (a Won whose commit could not be sent was closed above, and

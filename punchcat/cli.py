@@ -109,6 +109,13 @@ def punchcat(
         options.DEFAULT_HALF_CLOSE_TIMEOUT, "--half-close-timeout", metavar="SECONDS",
         help="With -L or -c: reset a session that one side has ended once it has moved "
              "nothing for this long."),
+    session_name: str = typer.Option(
+        "", "--session", metavar="NAME", show_default=False,
+        help="Name this session (both sides the same name): it gets ports and a hello of "
+             "its own, so that several sessions between the same two hosts run at once."),
+    allow_weak_secret: bool = typer.Option(
+        False, "--allow-weak-secret",
+        help="Use a secret weaker than punchcat's floor (40 bits by its estimate)."),
 ) -> None:
     """Connect to PEER through both NATs and pipe stdin to it and it to stdout.
 
@@ -128,8 +135,8 @@ def punchcat(
         secret_file=secret_file, stats=stats, keepalive=keepalive, ipv4=ipv4, ipv6=ipv6,
         plan=plan, verbose=verbose > 0, quiet=quiet, port_guessing=not no_port_guessing,
         port_mapping=not no_port_mapping, insecure_secret_file=insecure_secret_file,
-        max_sessions=max_sessions, half_close_timeout=half_close_timeout,
-        closed_stdio=frozenset(CLOSED_STDIO))
+        max_sessions=max_sessions, half_close_timeout=half_close_timeout, session=session_name,
+        allow_weak_secret=allow_weak_secret, closed_stdio=frozenset(CLOSED_STDIO))
     if opts.plan:
         session.show_plan(opts)
         return

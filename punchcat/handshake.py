@@ -11,13 +11,22 @@ a candidate port.
 Each run picks a random 16-byte *side id*.  As soon as a connection is
 established, each side sends its hello on it::
 
-    "PUNCHCAT" | version (1 byte) | mode (1 byte) | flags (1 byte) | side id (16 bytes)
+    "PUNCHCAT" | version (1) | mode (1) | flags (1) | side id (16) | session (8) | stream (8)
+
+*session* names the session (``--session``; eight zero bytes without a
+name, else a hash of it), so that two sessions between the same two hosts
+never take each other's connections; *stream* names the stream a resuming
+side continues (zero on a fresh link).
 
 A connection is *verified* when the peer's hello has arrived on it with the
 right magic and version and a side id that is not our own (an equal id is
 a connection to ourselves).  Anything else is dropped without a byte of
-user data having been sent on it; a peer of another protocol version, or
-in a mode that cannot work with ours, is a fatal error.
+user data having been sent on it.  A punchcat that cannot work with this
+one (another protocol version, a mode that does not pair with ours, a secret
+on one side only, another session or stream) is dropped too, not fatal: a
+stray connection from the peer's address (anyone who shares its public
+address) must not end the run before the real peer arrives.  Its reason is
+said at once and again in the failure line if no connection wins.
 
 The article chooses as leader the side with the greater WAN IP address, but
 a host behind NAT does not know its WAN address and two hosts behind one
@@ -47,6 +56,7 @@ the thin I/O layer that runs it over the connections the punch produces.
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Hashable
@@ -54,13 +64,18 @@ from typing import Hashable
 from .errors import LocalProtocolError, RemoteProtocolError
 
 MAGIC = b"PUNCHCAT"
-#: 2: the secret is proven by SRP-6a (punchcat.srp) and codes are compared by
-#: their digits; version 1 had scrypt-keyed proofs.
-VERSION = 2
+#: 3: the hello names the session and the stream, the link carries records
+#: (punchcat.stream) and survives a broken path; 2: the secret is proven by
+#: SRP-6a (punchcat.srp) and codes are compared by their digits; version 1
+#: had scrypt-keyed proofs.
+VERSION = 3
 COMMIT = b"$"
 ACK = b"+"
 ID_LEN = 16
-HELLO_LEN = len(MAGIC) + 3 + ID_LEN
+TAG_LEN = 8
+HELLO_LEN = len(MAGIC) + 3 + ID_LEN + 2 * TAG_LEN
+#: The session and stream fields when there is none.
+NO_TAG = bytes(TAG_LEN)
 
 
 class Mode(enum.IntEnum):
@@ -88,21 +103,34 @@ class NotPunchcat(Exception):
     """The other end of a connection is not a punchcat (wrong magic)."""
 
 
+def session_tag(name: str) -> bytes:
+    """The hello's session field for ``--session NAME`` (none: zeros)."""
+    if not name:
+        return NO_TAG
+    return hashlib.sha256(b"punchcat session\0" + name.encode("utf-8", "surrogateescape")
+                          ).digest()[:TAG_LEN]
+
+
 @dataclass(frozen=True)
 class Hello:
     side_id: bytes
     mode: int = Mode.PIPE
     flags: int = 0
     version: int = VERSION
+    session: bytes = NO_TAG
+    stream: bytes = NO_TAG
 
     @classmethod
-    def fresh(cls, mode: int = Mode.PIPE, flags: int = 0) -> "Hello":
-        return cls(os.urandom(ID_LEN), mode, flags)
+    def fresh(cls, mode: int = Mode.PIPE, flags: int = 0, session: bytes = NO_TAG,
+              stream: bytes = NO_TAG) -> "Hello":
+        return cls(os.urandom(ID_LEN), mode, flags, VERSION, session, stream)
 
     def encode(self) -> bytes:
-        if len(self.side_id) != ID_LEN:
-            raise ValueError("side id must be 16 bytes")
-        return MAGIC + bytes((self.version, self.mode, self.flags)) + self.side_id
+        if len(self.side_id) != ID_LEN or len(self.session) != TAG_LEN or \
+                len(self.stream) != TAG_LEN:
+            raise ValueError("side id must be 16 bytes, session and stream 8")
+        return (MAGIC + bytes((self.version, self.mode, self.flags)) + self.side_id
+                + self.session + self.stream)
 
 
 def parse_hello(buf: bytes) -> Hello | None:
@@ -127,7 +155,10 @@ def parse_hello(buf: bytes) -> Hello | None:
     mode, flags = buf[len(MAGIC) + 1], buf[len(MAGIC) + 2]
     if mode not in Mode._value2member_map_:
         raise RemoteProtocolError(f"peer announced an unknown mode {mode}")
-    return Hello(bytes(buf[len(MAGIC) + 3: HELLO_LEN]), mode, flags, version)
+    at = len(MAGIC) + 3
+    return Hello(bytes(buf[at:at + ID_LEN]), mode, flags, version,
+                 bytes(buf[at + ID_LEN:at + ID_LEN + TAG_LEN]),
+                 bytes(buf[at + ID_LEN + TAG_LEN:HELLO_LEN]))
 
 
 def check_compatible(local: Hello, peer: Hello) -> None:
@@ -143,6 +174,13 @@ def check_compatible(local: Hello, peer: Hello) -> None:
         raise RemoteProtocolError(
             f"this side is in {pair[0].label}, the peer in {pair[1].label}; these cannot work "
             f"together (run the peer with {hint[pair[0]]})")
+    if local.session != peer.session:
+        raise RemoteProtocolError("the peer runs another session (give both sides the same "
+                                  "--session NAME, or none)")
+    if local.stream != peer.stream:
+        raise RemoteProtocolError(
+            "the peer is resuming a stream this side does not know" if peer.stream != NO_TAG
+            else "the peer started afresh, this side is resuming its stream")
 
 
 # Events the election asks the caller to carry out.
@@ -156,6 +194,9 @@ class Send:
 class Drop:
     conn: Hashable
     reason: str
+    #: A punchcat that cannot work with this one (version, mode, secret,
+    #: session, stream), rather than something that is not a punchcat.
+    incompatible: bool = False
 
 
 @dataclass(frozen=True)
@@ -248,9 +289,9 @@ class Election:
                 events += self.received(other, b"")
         return events
 
-    def _drop(self, conn: Hashable, reason: str) -> list:
+    def _drop(self, conn: Hashable, reason: str, incompatible: bool = False) -> list:
         self._conns.pop(conn, None)
-        return [Drop(conn, reason)]
+        return [Drop(conn, reason, incompatible)]
 
     def received(self, conn: Hashable, data: bytes) -> list:
         """Bytes arrived on *conn*; returns the events they cause."""
@@ -264,13 +305,16 @@ class Election:
         if state.phase is Phase.HELLO:
             try:
                 peer = parse_hello(state.buf)
+                if peer is not None and peer.side_id != self.local.side_id:
+                    check_compatible(self.local, peer)
             except NotPunchcat as exc:
                 return self._drop(conn, str(exc))
+            except RemoteProtocolError as exc:
+                return self._drop(conn, str(exc), incompatible=True)
             if peer is None:
                 return []
             if peer.side_id == self.local.side_id:
                 return self._drop(conn, "connected to itself")
-            check_compatible(self.local, peer)
             state.peer = peer
             del state.buf[:HELLO_LEN]
             if self.leads(peer):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .endpoints import Address, Endpoint, endpoint, is_own_address, resolve
 from .errors import PunchcatError, UsageError
 from .handshake import Mode
-from .secret import read_secret_file
+from .secret import check_strength, read_secret_file
 from .status import NORMAL, QUIET, VERBOSE
 
 MAX_PORTS = 100
@@ -31,6 +31,8 @@ DEFAULT_MAX_SESSIONS = 64
 MAX_MAX_SESSIONS = 1024
 DEFAULT_HALF_CLOSE_TIMEOUT = 60.0
 MAX_HALF_CLOSE_TIMEOUT = 86400.0
+#: --session NAME: a few words both users type alike.
+MAX_SESSION_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Options:
     # -- what a peer can make this side hold --
     max_sessions: int = DEFAULT_MAX_SESSIONS          # -L/-c: sessions at once
     half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT
+    session: str = ""                # --session: ports and hello of its own
 
 
 def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: float,
@@ -65,6 +68,7 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
           port_guessing: bool = True, port_mapping: bool = True,
           insecure_secret_file: bool = False, max_sessions: int = DEFAULT_MAX_SESSIONS,
           half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT,
+          session: str = "", allow_weak_secret: bool = False,
           closed_stdio: frozenset[int] = frozenset()) -> Options:
     """Check the command line; raise :class:`UsageError` with one line if it cannot work.
 
@@ -111,6 +115,12 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
             raise UsageError(str(exc)) from None
     if secret is not None and not secret:
         raise UsageError("the secret is empty")
+    if allow_weak_secret and secret is None:
+        raise UsageError("--allow-weak-secret goes with a secret")
+    if secret is not None and not allow_weak_secret:
+        check_strength(secret)
+    if len(session) > MAX_SESSION_NAME or not session.isprintable():
+        raise UsageError(f"--session: at most {MAX_SESSION_NAME} printable characters")
 
     family = socket.AF_INET if ipv4 else socket.AF_INET6 if ipv6 else socket.AF_UNSPEC
     addresses = [] if plan else [resolve(peer, family=family) for peer in peers]
@@ -134,4 +144,5 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
                    clock_error=clock_error, run_window=run_window, ports=ports, stats=stats,
                    level=VERBOSE if verbose else QUIET if quiet else NORMAL, plan=plan,
                    port_guessing=port_guessing, port_mapping=port_mapping,
-                   max_sessions=max_sessions, half_close_timeout=half_close_timeout)
+                   max_sessions=max_sessions, half_close_timeout=half_close_timeout,
+                   session=session)

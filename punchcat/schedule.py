@@ -6,11 +6,15 @@ a PRNG that draws the candidate ports.  Nothing here touches the network,
 so two users can compare plans (``punchcat --plan``) before they punch.
 
 The numbers reproduce the article's script exactly, so a punchcat user and
-a user of the original script agree on the bucket and the ports.
+a user of the original script agree on the bucket and the ports.  A named
+session (``--session``) seeds the PRNG with a hash of its name and the
+bucket instead, so that two sessions between the same two hosts punch on
+ports of their own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 
@@ -33,11 +37,20 @@ def bucket_at(now: float, clock_error: float) -> int:
     return int((now - clock_error) // window(clock_error))
 
 
-def ports_for_bucket(bucket: int, count: int) -> list[int]:
+def seed(bucket: int, session: bytes = b"") -> int:
+    """The PRNG's seed for *bucket*: the article's, or for a named session
+    (its hello tag, :func:`punchcat.handshake.session_tag`) a hash of both."""
+    if not any(session):
+        return (bucket * LARGE_PRIME) % SEED_MODULUS
+    digest = hashlib.sha256(b"punchcat ports\0" + session + str(bucket).encode()).digest()
+    return int.from_bytes(digest[:4], "big") % SEED_MODULUS
+
+
+def ports_for_bucket(bucket: int, count: int, session: bytes = b"") -> list[int]:
     """The *count* distinct candidate ports of *bucket*, in draw order."""
     if not 0 < count <= PORT_SPAN:
         raise ValueError(f"count must be in 1..{PORT_SPAN}")
-    rng = random.Random((bucket * LARGE_PRIME) % SEED_MODULUS)
+    rng = random.Random(seed(bucket, session))
     ports: list[int] = []
     seen: set[int] = set()
     while len(ports) < count:
@@ -58,13 +71,15 @@ class Plan:
     bucket: int
     rendezvous: float
     ports: tuple[int, ...]
+    session: bytes = b""
 
     @property
     def window(self) -> float:
         return window(self.clock_error)
 
     def as_dict(self) -> dict:
-        active = active_ports(self.now, self.clock_error, self.run_window, len(self.ports))
+        active = active_ports(self.now, self.clock_error, self.run_window, len(self.ports),
+                              self.session)
         return {
             "bucket": self.bucket,
             "rendezvous": self.rendezvous,
@@ -94,11 +109,12 @@ def plan_bucket(now: float, clock_error: float, run_window: float) -> tuple[int,
     return bucket, rendezvous
 
 
-def article_plan(now: float, clock_error: float, run_window: float, count: int) -> Plan:
+def article_plan(now: float, clock_error: float, run_window: float, count: int,
+                 session: bytes = b"") -> Plan:
     """The bucket, rendezvous and ports the article's script uses at *now*."""
     bucket, rendezvous = plan_bucket(now, clock_error, run_window)
     return Plan(now, clock_error, run_window, bucket, rendezvous,
-                tuple(ports_for_bucket(bucket, count)))
+                tuple(ports_for_bucket(bucket, count, session)), session)
 
 
 def active_buckets(now: float, clock_error: float, run_window: float) -> list[int]:
@@ -116,10 +132,10 @@ def active_buckets(now: float, clock_error: float, run_window: float) -> list[in
 
 
 def active_ports(now: float, clock_error: float, run_window: float,
-                 count: int) -> dict[int, int]:
+                 count: int, session: bytes = b"") -> dict[int, int]:
     """The candidate ports of the active buckets, each mapped to its bucket."""
     ports: dict[int, int] = {}
     for bucket in active_buckets(now, clock_error, run_window):
-        for port in ports_for_bucket(bucket, count):
+        for port in ports_for_bucket(bucket, count, session):
             ports.setdefault(port, bucket)
     return ports

@@ -10,6 +10,7 @@ private key.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -75,6 +76,52 @@ def normalize_secret(secret: str) -> str:
     if _CODE_LIKE.fullmatch(secret):
         return "".join(c for c in secret if c in "0123456789")
     return secret
+
+
+#: Bits a secret must carry by :func:`strength` (a 15-digit code carries
+#: 49.8): SRP makes every guess an online one, but an unattended ``-k``
+#: server answers one guess per backoff step (at worst one every five
+#: minutes), so 2**40 guesses is beyond reach and a 4-digit PIN (13 bits)
+#: or "hunter2" (36) is not.
+FLOOR_BITS = 40.0
+#: The alphabets :func:`strength` recognises, and their sizes.
+_ALPHABETS = ((str.isdigit, 10), (str.islower, 26), (str.isupper, 26))
+#: Printable ASCII that is neither a letter nor a digit (punctuation, space).
+_SYMBOLS = 33
+#: What any character beyond ASCII adds to the alphabet (a rough guess).
+_BEYOND_ASCII = 100
+
+
+def strength(secret: str) -> float:
+    """A simple estimate of the bits in *secret*, as both sides use it
+    (:func:`normalize_secret`): its length times log2 of the alphabet its
+    characters are drawn from (digits 10, lowercase 26, uppercase 26, other
+    ASCII 33, anything else 100, summed over the kinds present).
+
+    It is an upper bound that assumes each character was drawn at random: it
+    catches short secrets and small alphabets (a PIN, "hunter2"), not a long
+    word or a pattern ("password1234" passes).  What punchcat makes always
+    passes: a code (15 random digits, 49.8 bits) and a secret (32 base64url
+    characters, 192 bits)."""
+    used = normalize_secret(secret)
+    if not used:
+        return 0.0
+    size = sum(n for test, n in _ALPHABETS if any(test(c) and c.isascii() for c in used))
+    if any(c.isascii() and not c.isalnum() for c in used):
+        size += _SYMBOLS
+    if any(not c.isascii() for c in used):
+        size += _BEYOND_ASCII
+    return len(used) * math.log2(size)
+
+
+def check_strength(secret: str) -> None:
+    """Refuse (:class:`UsageError`) a secret weaker than :data:`FLOOR_BITS`."""
+    bits = strength(secret)
+    if bits < FLOOR_BITS:
+        raise UsageError(f"the secret is too weak: about {bits:.0f} bits by punchcat's estimate, "
+                         f"less than the {FLOOR_BITS:g} it asks for (a code of --gen-code has "
+                         f"{CODE_GROUPS * CODE_DIGITS * math.log2(10):.1f}); make one with "
+                         f"punchcat --gen-code, or give --allow-weak-secret")
 
 
 #: Most bytes read from a secret file (its first line): /dev/zero is not a secret.

@@ -30,7 +30,11 @@ srp-garbage        without the secret: sends --garbage (hex) or a truncated
 mitm               one half of a relaying man in the middle (the other half,
                    in a second lab, joined by --unix): the punchcat bytes
                    passed through, a TLS session with each victim, SRP relayed
-bad-hello          a hello whose flags or mode cannot work with the victim
+foreign-dh         the TLS server (--follower, --flags 1) with a Diffie-Hellman
+                   group that is not punchcat's; reports whether the victim
+                   sent its key share
+bad-hello          a hello whose flags or mode cannot work with the victim, on a
+                   raw connection (the victim drops it; the fake reports how)
 target KIND PORT   not a peer: a local target for the victim's sessions:
                    stall (accepts, never reads), sink (reads, drops),
                    spew (sends without end), hold (accepts, does nothing),
@@ -284,15 +288,19 @@ def reset_escapes(link: Link, args) -> None:
 # -- scenarios on the secret -------------------------------------------------------
 
 class Tls:
-    """punchcat's TLS (its own contexts) over the link, from this side."""
+    """punchcat's TLS (its own contexts) over the link, from this side;
+    *dh_params* (a server's) replaces punchcat's Diffie-Hellman group."""
 
     def __init__(self, sock: socket.socket, server: bool, leftover: bytes = b"",
-                 ems: bool = True):
+                 ems: bool = True, dh_params: str | None = None):
         self.sock = sock
+        self.received = bytearray()       # what the other side sent, as it came
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         ctx = _context(server=server)
         if not ems:
             ctx.options |= 1              # SSL_OP_NO_EXTENDED_MASTER_SECRET (OpenSSL 3)
+        if dh_params is not None:
+            ctx.load_dh_params(dh_params)
         self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server)
         self.incoming.write(leftover)
         sock.settimeout(30)
@@ -308,6 +316,7 @@ class Tls:
                 data = self.sock.recv(65536)
                 if not data:
                     raise EOFError("closed during the TLS handshake")
+                self.received += data
                 self.incoming.write(data)
 
     def push(self) -> None:
@@ -396,6 +405,41 @@ def srp_garbage(link: Link, args) -> None:
     report(first=first.hex(), rest=rest.hex())
 
 
+#: RFC 7919's ffdhe2048: a sound group, but not the one punchcat pins.
+FFDHE2048 = """-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+
+
+def foreign_dh(link: Link, args) -> None:
+    """The TLS server (follower) with a Diffie-Hellman group of its own
+    choosing; reports whether the victim sent its key share anyway."""
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as params:
+        params.write(FFDHE2048)
+        params.flush()
+        tls = Tls(link.sock, server=True, leftover=link.leftover, dh_params=params.name)
+        try:
+            tls.handshake()
+            outcome = "completed"
+        except (EOFError, ssl.SSLError, OSError) as exc:
+            outcome = f"failed: {exc}"
+    types = []
+    data, pos = bytes(link.leftover + tls.received), 0
+    while pos + 5 <= len(data) and data[pos] == 22:          # handshake records in the clear
+        length = int.from_bytes(data[pos + 3:pos + 5], "big")
+        types.append(data[pos + 5])                           # the first message's type
+        pos += 5 + length
+    log(f"handshake {outcome}; the victim's handshake messages: {types}")
+    report(outcome=outcome, key_share=16 in types)
+
+
 def slow_auth(link: Link, args) -> None:
     """One byte every --every seconds of a TLS ClientHello (or of anything)."""
     sock = link.sock
@@ -433,9 +477,24 @@ def slow_auth(link: Link, args) -> None:
     report(sent=sent, closed_after=closed_after)
 
 
-def bad_hello(link: Link, args) -> None:
-    """Nothing to do: the incompatible hello already went out in punch()."""
-    report(won=True)
+def bad_hello(args) -> None:
+    """A connection from the package's techniques, then a hello that cannot
+    work with the victim's; reports whether the victim dropped it."""
+    sock = raw_connection(args.peer)
+    hello = Hello(FOLLOWER_ID if args.follower else LEADER_ID, MODES[args.mode], args.flags)
+    sock.sendall(hello.encode())
+    sock.settimeout(20)
+    got = b""
+    try:
+        while chunk := sock.recv(4096):
+            got += chunk
+        ended = "closed"
+    except ConnectionResetError:
+        ended = "reset"
+    except socket.timeout:
+        ended = "open"
+    log(f"the victim {ended} the connection after {len(got)} bytes")
+    report(ended=ended, received=len(got))
 
 
 def mitm(args) -> None:
@@ -553,14 +612,14 @@ def target(kind: str, port: int) -> None:
 SCENARIOS = {"pin": pin, "overrun": overrun, "open-flood": open_flood,
              "never-read": never_read, "silent-c": silent_c, "reset-escapes": reset_escapes,
              "srp-steal": srp_steal, "srp-garbage": srp_garbage, "slow-auth": slow_auth,
-             "bad-hello": bad_hello}
+             "foreign-dh": foreign_dh}
 
 
 def main() -> None:
     if sys.argv[1:2] == ["target"]:
         return target(sys.argv[2], int(sys.argv[3]))
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=[*SCENARIOS, "mitm"])
+    parser.add_argument("scenario", choices=[*SCENARIOS, "mitm", "bad-hello"])
     parser.add_argument("peer")
     role = parser.add_mutually_exclusive_group()
     role.add_argument("--leader", action="store_true")
@@ -580,6 +639,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.scenario == "mitm":
         return mitm(args)
+    if args.scenario == "bad-hello":
+        return bad_hello(args)
     flags = args.flags | (FLAG_SECRET if args.secret else 0)
     link = punch(args.peer, leader=not args.follower, mode=MODES[args.mode], flags=flags)
     if args.secret:

@@ -78,6 +78,31 @@ def test_an_empty_secret_from_the_environment_is_an_error():
     one_line(run("192.0.2.1", env={"PUNCHCAT_SECRET": ""}), 2, "PUNCHCAT_SECRET is set but empty")
 
 
+@pytest.mark.parametrize("secret, bits", [("1234", 13), ("hunter2", 36), ("1111-1111-1111", 40)])
+def test_a_weak_secret_is_refused_with_one_line_that_suggests_a_code(secret, bits):
+    line = one_line(run("192.0.2.1", env={"PUNCHCAT_SECRET": secret}), 2, "too weak")
+    assert f"about {bits} bits" in line and "--gen-code" in line and secret not in line
+
+
+def test_a_weak_secret_is_used_when_the_user_insists():
+    done = run("--allow-weak-secret", "192.0.2.1", env={"PUNCHCAT_SECRET": "1234"})
+    assert done.returncode == 0 and b"reached the session" in done.stderr
+
+
+@pytest.mark.parametrize("make", ["--gen-code", "--gen-secret"])
+def test_generated_codes_and_secrets_always_pass_the_floor(make):
+    for _ in range(8):
+        made = subprocess.run([sys.executable, "-m", "punchcat", make], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        done = run("192.0.2.1", env={"PUNCHCAT_SECRET": made})
+        assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("name", ["x" * 65, "a\nb", "\x1b[2J"])
+def test_a_session_name_is_a_few_printable_words(name):
+    one_line(run("--session", name, "192.0.2.1"), 2, "--session")
+
+
 @pytest.mark.parametrize("fd, needle", [(0, "standard input is closed"),
                                         (1, "standard output is closed")])
 def test_a_closed_standard_stream_in_pipe_mode(fd, needle):

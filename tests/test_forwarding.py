@@ -125,20 +125,21 @@ def test_ssh_proxycommand_twice_against_a_keep_open_server(ssh_lab, tmp_path):
     assert server.wait(timeout=10) == 143
 
 
-def test_two_l_sides_fail_at_the_hello_naming_both_modes(make_lab, tmp_path):
+def test_two_l_sides_say_both_modes_at_the_hello_and_fail_at_the_deadline(make_lab, tmp_path):
     lab = make_lab()
-    a = start(lab, "a", ["-L", "8022", "-w", "20"], tmp_path / "a.log")
-    b = start(lab, "b", ["-L", "8022", "-w", "20"], tmp_path / "b.log")
+    a = start(lab, "a", ["-L", "8022", "-w", "8"], tmp_path / "a.log")
+    b = start(lab, "b", ["-L", "8022", "-w", "8"], tmp_path / "b.log")
     assert a.wait(timeout=60) == 1 and b.wait(timeout=60) == 1
     for log in ("a.log", "b.log"):
-        last = (tmp_path / log).read_text().splitlines()[-1]
-        assert last.count("-L mode") == 2, last
+        lines = (tmp_path / log).read_text().splitlines()
+        assert any("still waiting" in line and line.count("-L mode") == 2 for line in lines)
+        assert lines[-1].count("-L mode") == 2, lines[-1]      # and again in the last line
 
 
-def test_l_against_a_plain_pipe_fails_at_the_hello(make_lab, tmp_path):
+def test_l_against_a_plain_pipe_fails_naming_both_modes(make_lab, tmp_path):
     lab = make_lab()
-    a = start(lab, "a", ["-L", "8022", "-w", "20"], tmp_path / "a.log")
-    b = start(lab, "b", ["-w", "20"], tmp_path / "b.log")
+    a = start(lab, "a", ["-L", "8022", "-w", "8"], tmp_path / "a.log")
+    b = start(lab, "b", ["-w", "8"], tmp_path / "b.log")
     assert a.wait(timeout=60) == 1 and b.wait(timeout=60) == 1
     last = (tmp_path / "b.log").read_text().splitlines()[-1]
     assert "pipe mode" in last and "-L mode" in last

@@ -4,16 +4,18 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from punchcat.errors import RemoteProtocolError
-from punchcat.handshake import (ACK, COMMIT, HELLO_LEN, MAGIC, VERSION, Drop, Election, Hello,
-                                NotPunchcat, Phase, Send, Won, parse_hello)
+from punchcat.handshake import (ACK, COMMIT, FLAG_SECRET, HELLO_LEN, MAGIC, VERSION, Drop,
+                                Election, Hello, Mode, NotPunchcat, Phase, Send, Won, parse_hello,
+                                session_tag)
 
 LOW, HIGH = Hello(b"\x01" * 16), Hello(b"\xf0" * 16)
 
 
 def test_hello_layout():
-    data = Hello(bytes(range(16)), mode=0, flags=0).encode()
-    assert len(data) == HELLO_LEN == 27
-    assert data == b"PUNCHCAT" + bytes([VERSION, 0, 0]) + bytes(range(16))
+    data = Hello(bytes(range(16)), mode=0, flags=0, session=b"s" * 8, stream=b"t" * 8).encode()
+    assert len(data) == HELLO_LEN == 43
+    assert data == b"PUNCHCAT" + bytes([VERSION, 0, 0]) + bytes(range(16)) + b"s" * 8 + b"t" * 8
+    assert parse_hello(data) == Hello(bytes(range(16)), 0, 0, VERSION, b"s" * 8, b"t" * 8)
 
 
 def test_parse_round_trip_and_partial_input():
@@ -53,8 +55,8 @@ def test_a_peer_of_the_previous_version_gets_one_clear_line():
         parse_hello(old_peer[:len(MAGIC) + 1])           # as soon as the version byte is in
     e = Election(HIGH)
     e.opened("c1")
-    with pytest.raises(RemoteProtocolError, match="an older punchcat"):
-        e.received("c1", old_peer)
+    (drop,) = e.received("c1", old_peer)           # the connection, not the run
+    assert drop == Drop("c1", message, incompatible=True)
 
 
 def test_a_newer_peer_is_named_as_such():
@@ -64,7 +66,7 @@ def test_a_newer_peer_is_named_as_such():
 
 def test_unknown_mode_is_a_protocol_error():
     with pytest.raises(RemoteProtocolError, match="unknown mode"):
-        parse_hello(MAGIC + bytes([VERSION, 77, 0]) + bytes(16))
+        parse_hello(MAGIC + bytes([VERSION, 77, 0]) + bytes(32))
 
 
 def test_leader_commits_where_the_follower_acknowledged_its_hello():
@@ -156,11 +158,30 @@ def test_each_phase_leads_only_where_the_table_says():
     assert e.phase("c") is Phase.WON
 
 
-def test_unknown_mode_stops_the_election():
-    e = Election(Hello(b"\x01" * 16, mode=0))
+@pytest.mark.parametrize("bad", [
+    MAGIC + bytes([VERSION, 99, 0]) + HIGH.side_id + bytes(16),           # unknown mode
+    Hello(HIGH.side_id, mode=Mode.LISTEN).encode(),                      # pipe with -L
+    Hello(HIGH.side_id, flags=FLAG_SECRET).encode(),                     # a secret on one side
+    Hello(HIGH.side_id, session=session_tag("other")).encode(),          # another session
+    Hello(HIGH.side_id, stream=b"\x07" * 8).encode(),                    # resuming a stream
+], ids=["unknown mode", "mode", "secret", "session", "stream"])
+def test_a_hello_that_cannot_work_costs_its_connection_not_the_election(bad):
+    e = Election(LOW)
+    e.opened("stray")
+    e.opened("real")
+    (drop,) = e.received("stray", bad)
+    assert drop.conn == "stray" and drop.incompatible and "\n" not in drop.reason
+    assert e.phase("stray") is None
+    assert e.received("real", HIGH.encode() + COMMIT) == [Send("real", ACK), Won("real", HIGH, b"")]
+
+
+def test_sessions_with_the_same_name_meet():
+    tag = session_tag("backup")
+    assert tag == session_tag("backup") != session_tag("backup2") and len(tag) == 8
+    assert session_tag("") == bytes(8)
+    e = Election(Hello(LOW.side_id, session=tag))
     e.opened("c")
-    with pytest.raises(RemoteProtocolError):
-        e.received("c", MAGIC + bytes([VERSION, 99, 0]) + HIGH.side_id)
+    assert e.received("c", Hello(HIGH.side_id, session=tag).encode() + COMMIT)[-1].conn == "c"
 
 
 @settings(max_examples=300)
@@ -179,9 +200,6 @@ def test_election_survives_any_byte_stream(chunks):
     e = Election(HIGH)
     e.opened("c")
     for chunk in chunks:
-        try:
-            events = e.received("c", chunk)
-        except RemoteProtocolError:
-            return
+        events = e.received("c", chunk)
         for ev in events:
             assert isinstance(ev, (Send, Drop, Won))

@@ -304,3 +304,26 @@ def test_command_line(capsys):
     assert hops.main(["--json", "--repeat", "2", "127.0.0.1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and '"ttls": []' in lines[0]
+
+
+def test_the_failure_line_names_this_hosts_own_error_first():
+    seen = Observations(PEER, socket.AF_INET, 20.0, clock=lambda: 0.0, ports=32)
+    for _ in range(40):
+        seen.local_error(errno.ENETUNREACH)
+    seen.local_error(errno.EADDRNOTAVAIL)         # TIME_WAIT: not this host's network
+    line = explain(seen)
+    assert line.startswith(f"no connection to {PEER}: this host could not send any of its "
+                           f"SYNs: Network is unreachable (ENETUNREACH)"), line
+    assert "EADDRNOTAVAIL" not in line and "Is punchcat running there" not in line
+    assert "ip route get" in line
+
+
+def test_a_refused_hello_is_remembered_for_the_failure_line_and_said_once():
+    seen = Observations(PEER, socket.AF_INET, 20.0, clock=lambda: 0.0, ports=32, probes=3)
+    reason = "this side is in -L mode, the peer in -L mode; these cannot work together"
+    assert seen.refused_hello(reason) is True
+    assert seen.refused_hello(reason) is False          # said once
+    for n in range(100):                                 # a flood of distinct reasons: bounded
+        seen.refused_hello(f"reason {n}")
+    assert len(seen.incompatible) == 8
+    assert reason in explain(seen)

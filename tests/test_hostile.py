@@ -259,9 +259,10 @@ def test_a_reset_reason_cannot_drive_the_terminal(make_lab, tmp_path):
 # -- the authentication phase ------------------------------------------------------------
 
 def test_a_k_server_survives_bad_hellos_and_a_slow_peer_then_serves(make_lab, tmp_path):
-    """One deadline for the whole authentication (a -c -k server was once
-    held 50 s by one byte every 10 s); each bad peer is said and the server
-    punches again; then a real client is served."""
+    """A hello that cannot work costs its connection, not the run: each is
+    said once and the server keeps punching.  One deadline for the whole
+    authentication (a -c -k server was once held 50 s by one byte every
+    10 s); then a real client is served."""
     lab = make_lab()
     start_target(lab, "b", "sink")
     log = tmp_path / "victim.log"
@@ -269,9 +270,10 @@ def test_a_k_server_survives_bad_hellos_and_a_slow_peer_then_serves(make_lab, tm
     # A hello without the secret flag, then one in a mode that cannot work.
     for args in (["--mode", "listen"], ["--mode", "connect", "--flags", "1"]):
         fake = start_fake(lab, "a", "bad-hello", *args, log=tmp_path / "fake.log")
-        fake.wait(timeout=120)
-    wait_for(lambda: log.read_text().count("punching again") >= 2, timeout=60,
+        assert fake_report(fake, timeout=120)["ended"] == "reset"
+    wait_for(lambda: log.read_text().count("still waiting for the peer") >= 2, timeout=60,
              what="two bad hellos")
+    assert "punching again" not in log.read_text()
     started = time.monotonic()
     fake = start_fake(lab, "a", "slow-auth", "--flags", "1", "--mode", "listen",
                       "--every", "2", log=tmp_path / "fake.log")
@@ -293,6 +295,28 @@ def test_a_k_server_survives_bad_hellos_and_a_slow_peer_then_serves(make_lab, tm
     assert "this side uses a secret, the peer does not" in text
     assert "-c mode" in text and text.count("-c mode") >= 2
     assert "authentication failed: the peer did not complete it within 15 s" in text
+
+
+def test_a_stray_bad_hello_before_the_real_peer_costs_nothing(make_lab, tmp_path):
+    """Someone who shares the peer's public address connects first with a
+    hello that cannot work: that connection is dropped, the real peer,
+    arriving later, still connects and the data goes through."""
+    lab = make_lab()
+    log = tmp_path / "victim.log"
+    victim = lab.popen("b", [*PUNCHCAT, "-v", "-w", "60", lab.peer_of("b")],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "w"))
+    fake = start_fake(lab, "a", "bad-hello", "--mode", "connect", "--flags", "1",
+                      log=tmp_path / "fake.log")
+    assert fake_report(fake, timeout=120)["ended"] == "reset"
+    assert victim.poll() is None                        # still punching
+    peer = lab.popen("a", [*PUNCHCAT, "-w", "60", lab.peer_of("a")], stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    got_a, _ = peer.communicate(b"from a" * 1000, timeout=90)
+    got_b, _ = victim.communicate(b"from b" * 1000, timeout=90)
+    assert (peer.returncode, victim.returncode) == (0, 0), log.read_text()
+    assert got_a == b"from b" * 1000 and got_b == b"from a" * 1000
+    text = log.read_text()
+    assert "this side has no secret, the peer uses one" in text and "still waiting" in text
 
 
 def test_a_one_shot_run_against_a_slow_peer_ends_with_the_clear_line(make_lab, tmp_path):

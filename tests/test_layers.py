@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "punchcat"
 LAYERS = [
     # foundations: no punchcat imports but errors
     ["errors", "schedule", "status", "sockopts", "mux", "handshake", "channel", "endpoints",
-     "srp", "secret", "addresses", "routes"],
+     "srp", "secret", "addresses", "routes", "backoff", "peerlock"],
     # punch techniques and the secret
     ["portmap", "portmap.common", "portmap.natpmp", "portmap.pcp", "portmap.upnp", "portmap.local",
      "portmap.results", "portmap.exchange", "portmap.driver", "portmap.pcp_driver",

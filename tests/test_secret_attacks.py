@@ -24,7 +24,7 @@ pytestmark = pytest.mark.lab
 
 HERE = Path(__file__).resolve().parent
 FAKE = [sys.executable, str(HERE / "fakepeer.py")]
-SECRET = "hunter2"
+SECRET = "hunter2, but long enough"
 MARKER = b"THE-VICTIMS-DATA-" * 1000
 N = srp.SRP.group.N
 SIZE = srp.SRP.group.size
@@ -114,7 +114,8 @@ def test_a_wrong_secret_with_forwarding_fails_both_sides_and_delivers_nothing(ma
     sink = lab.popen("b", [*FAKE, "target", "sink", "7000"], stdout=subprocess.PIPE, text=True)
     assert sink.stdout.readline() == "ready\n"
     runs = run_pair(lab, {"a": ["-L", "8022", "-w", "30"], "b": ["-c", "7000", "-w", "30"]},
-                    env={"a": {"PUNCHCAT_SECRET": SECRET}, "b": {"PUNCHCAT_SECRET": "hunter3"}})
+                    env={"a": {"PUNCHCAT_SECRET": SECRET},
+                         "b": {"PUNCHCAT_SECRET": "hunter3, not the secret"}})
     for run in runs.values():
         authentication_failed(run.returncode, run.stdout, run.stderr)
 
@@ -155,3 +156,24 @@ def test_garbage_and_truncated_srp_messages_are_clean_errors(make_lab, tmp_path)
     assert len(lines) == len(BATTERY), lines
     assert all(line.startswith("punchcat: authentication failed: ") for line in lines), lines
     assert "Traceback" not in log.read_text()
+
+
+def test_a_tls_server_with_a_foreign_dh_group_is_refused_by_the_leader(make_lab, tmp_path):
+    """A fake peer wins the punch as follower (so the TLS server) and names
+    RFC 7919's ffdhe2048 instead of punchcat's ffdhe3072: the real punchcat,
+    leading, refuses before it sends its key share."""
+    lab = make_lab()
+    log = tmp_path / "victim.log"
+    victim = lab.popen("b", [*PUNCHCAT, "-v", "-w", "60", lab.peer_of("b")],
+                       env=dict(os.environ, PUNCHCAT_SECRET=SECRET), stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, stderr=open(log, "w"))
+    fake = lab.popen("a", [*FAKE, "foreign-dh", lab.peer_of("a"), "--follower", "--mode", "pipe",
+                           "--flags", "1"], stdout=subprocess.PIPE,
+                     stderr=open(tmp_path / "fake.log", "w"))
+    out, _ = victim.communicate(b"never to be sent", timeout=120)
+    report = json.loads(fake.communicate(timeout=60)[0].decode().splitlines()[-1])
+    assert victim.returncode == 1 and out == b""
+    last = log.read_text().splitlines()[-1]
+    assert "Diffie-Hellman group other than punchcat's" in last, last
+    assert report["key_share"] is False, report
+

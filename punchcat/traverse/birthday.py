@@ -79,9 +79,9 @@ def hit_probability(sentinels: int, guesses: int, space: int = 65536 - FIRST_POR
     return 1 - miss
 
 
-def meeting_port(bucket: int, count: int) -> int:
+def meeting_port(bucket: int, count: int, session: bytes = b"") -> int:
     """X: the draw after the bucket's *count* candidate ports."""
-    return ports_for_bucket(bucket, count + 1)[count]
+    return ports_for_bucket(bucket, count + 1, session)[count]
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -247,7 +247,7 @@ class BirthdayPunch:
         self.next_roll = now + 1.0
         bucket, _ = plan_bucket(self.clock(), self.candidates.clock_error,
                                 self.candidates.run_window)
-        x = meeting_port(bucket, self.candidates.count)
+        x = meeting_port(bucket, self.candidates.count, self.candidates.session)
         if x != self.x:
             self.x = x
             for port in self.sentinels:                     # retarget at once
@@ -266,6 +266,7 @@ class BirthdayPunch:
         sockopts.set_ttl(sock, -1)
         if err not in sockopts.CONNECTING:
             sock.close()
+            self.seen.local_error(err)
             return
         self.sentinels[port] = (sock, now)
         self.sel.register(sock, selectors.EVENT_WRITE, Registration(self, ("sentinel", port)))
@@ -286,6 +287,7 @@ class BirthdayPunch:
         err = sock.connect_ex((self.peer, port))
         if err not in sockopts.CONNECTING:
             sock.close()
+            self.seen.local_error(err)
             return
         self.guessed += 1
         self.seen.guesses += 1

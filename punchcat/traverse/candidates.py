@@ -23,8 +23,9 @@ class ArticlePorts:
     """The active buckets' ports, recomputed every :data:`ROLL_INTERVAL` seconds."""
 
     def __init__(self, clock: Callable[[], float], clock_error: float, run_window: float,
-                 count: int, reporter, quiet: bool = False):
+                 count: int, reporter, quiet: bool = False, session: bytes = b""):
         self.clock = clock
+        self.session = session              # a named session's tag: ports of its own
         self.clock_error = clock_error
         self.run_window = run_window
         self.count = count
@@ -39,7 +40,8 @@ class ArticlePorts:
         if now < self.next_roll:
             return False
         self.next_roll = now + ROLL_INTERVAL
-        wanted = active_ports(self.clock(), self.clock_error, self.run_window, self.count)
+        wanted = active_ports(self.clock(), self.clock_error, self.run_window, self.count,
+                              self.session)
         buckets = sorted(set(wanted.values()))
         if buckets == self.buckets:
             return False

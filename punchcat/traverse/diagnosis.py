@@ -12,6 +12,8 @@ reading to compare with the peer's line.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -19,6 +21,14 @@ from typing import Callable
 
 from ..addresses import is_shared
 from .hops import HopsResult
+
+
+#: Distinct local errors and hello refusals kept (the peer's address is
+#: shared with whoever stands behind its NAT: a bound on what they can add).
+KEPT_REASONS = 8
+#: connect() errors that are not this host's network failing: the 4-tuple is
+#: still in TIME_WAIT (EADDRNOTAVAIL), or the port is busy.
+NOT_LOCAL = {errno.EADDRNOTAVAIL, errno.EADDRINUSE}
 
 
 @dataclass
@@ -45,6 +55,30 @@ class Observations:
     guesses: int = 0          # the fallback's guesses of the peer's ports
     mapped: int = 0           # candidate ports the home router forwards to this host
     notes: list[str] = field(default_factory=list)   # techniques' own findings
+    #: connect() calls this host itself refused (errno name -> count): no
+    #: route, network unreachable, a local firewall; nothing left the host.
+    local_errors: dict[str, int] = field(default_factory=dict)
+    #: Punchcats that answered but cannot work with this one (reason -> count).
+    incompatible: dict[str, int] = field(default_factory=dict)
+
+    def local_error(self, err: int) -> None:
+        """A connect() failed at once, here (errors that say nothing about
+        the path are left out: a 4-tuple still in TIME_WAIT)."""
+        if err in NOT_LOCAL:
+            return
+        name = errno.errorcode.get(err, str(err))
+        if name in self.local_errors or len(self.local_errors) < KEPT_REASONS:
+            self.local_errors[name] = self.local_errors.get(name, 0) + 1
+
+    def refused_hello(self, reason: str) -> bool:
+        """A punchcat that cannot work with us answered; True the first time
+        this reason is seen (to be said at once)."""
+        if reason in self.incompatible:
+            self.incompatible[reason] += 1
+            return False
+        if len(self.incompatible) < KEPT_REASONS:
+            self.incompatible[reason] = 1
+        return True
 
     def summary(self) -> str:
         """The counters, for -v."""
@@ -63,8 +97,17 @@ def explain(seen: Observations) -> str:
                 f"({seen.unbindable} are in use by other programs)")
     facts: list[str] = []
     route = seen.route
+    local = ", ".join(f"{_strerror(name)} ({name})" for name in seen.local_errors)
+    if local:
+        # This host's own error comes first: nothing else is worth reading then.
+        nothing_left = not (seen.probes or seen.connections or seen.guesses)
+        facts.append(f"this host could not send {'any' if nothing_left else 'some'} of its "
+                     f"SYNs: {local}")
     if route is not None:
         facts.append(f"this side: {route.describe()}")
+    if seen.incompatible:
+        facts.append("a punchcat answered that cannot work with this one: "
+                     + "; ".join(seen.incompatible))
     if seen.connections:
         reached = [f"{seen.connections} connections completed"]
         if seen.not_punchcat:
@@ -87,6 +130,9 @@ def explain(seen: Observations) -> str:
         facts.append(f"{seen.sentinel_refused} low-TTL sentinels were answered by a reset "
                      f"(the peer or its router is nearer than they reach)")
     hints: list[str] = []
+    if local and not (seen.probes or seen.connections or seen.guesses):
+        return (f"no connection to {peer}: {'; '.join(facts)}. Check this host's network "
+                f"connection and its route to {peer} (ip route get {peer}).")
     if route is not None and route.own_router and not seen.connections:
         hints.append(f"{peer} is this side's own router: if the peer is behind the same "
                      f"router, the router does not loop traffic back to it; name the peer's "
@@ -119,6 +165,11 @@ def explain(seen: Observations) -> str:
 def explain_all(seen: list[Observations]) -> str:
     """The failure line for one or several peer addresses."""
     return " ".join(explain(s) for s in seen)
+
+
+def _strerror(name: str) -> str:
+    """"Network is unreachable" for "ENETUNREACH"."""
+    return os.strerror(getattr(errno, name)) if hasattr(errno, name) else name
 
 
 def _sentence(text: str) -> str:

@@ -160,6 +160,7 @@ class DirectPunch:
         err = sock.connect_ex((str(self.peer), port))
         if err not in sockopts.CONNECTING:
             sock.close()
+            self.seen.local_error(err)
             return
         self.seen.probes += 1
         self.connecting[port] = (sock, now)

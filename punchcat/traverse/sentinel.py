@@ -158,15 +158,17 @@ class SentinelPunch:
         ttl = None if action.full else self.route.ttl_for(port)
         guarded = ttl is not None and sockopts.arm_sentinel(sock, ttl)
         err = sock.connect_ex((self.peer, port))
+        if err not in sockopts.CONNECTING:
+            # e.g. EADDRNOTAVAIL: the 4-tuple is still in TIME_WAIT here;
+            # ENETUNREACH: this host has no route (said first on failure).
+            sock.close()
+            self.seen.local_error(err)
+            self.schedule.arm_failed(port, now)
+            return
         if action.full:
             self.seen.probes += 1
         else:
             sockopts.set_ttl(sock, -1)
-        if err not in sockopts.CONNECTING:
-            # e.g. EADDRNOTAVAIL: the 4-tuple is still in TIME_WAIT here.
-            sock.close()
-            self.schedule.arm_failed(port, now)
-            return
         self.socks[port] = sock
         if action.full:
             self.probing.add(port)
