@@ -44,6 +44,8 @@ class Link:
     peer: Hello
     leader: bool
     leftover: bytes       # user data that arrived with the commit
+    #: The relay the connection goes through ("HOST:PORT"); None: direct.
+    via: str | None = None
     #: Background jobs tidying the routers (punchcat.traverse.tidy); wait for
     #: them before exiting.
     tidying: list[threading.Thread] = field(default_factory=list)
@@ -63,12 +65,14 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
     election = Election(local)
     sel = selectors.DefaultSelector()
     conns: dict[socket.socket, float] = {}  # connection -> hello deadline
+    origin: dict[socket.socket, Technique] = {}   # connection -> the technique it came from
     tidy = []                               # jobs to run once the election is over
     link = None
     won: Won | None = None                  # the election's winner, once it names one
 
     def close(sock: socket.socket) -> None:
         conns.pop(sock, None)
+        origin.pop(sock, None)
         followups = election.closed(sock)
         try:
             sel.unregister(sock)
@@ -130,6 +134,7 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
                     sock = key.data.technique.ready(key.data.tag, key.fileobj, time.monotonic())
                     if sock is not None:
                         completed.append(sock)
+                        origin[sock] = key.data.technique
                     continue
                 sock = key.fileobj                            # a candidate connection
                 try:
@@ -165,7 +170,8 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
         sel.unregister(won.conn)
         conns.pop(won.conn)
         won.conn.setblocking(True)
-        link = Link(won.conn, local, won.peer, leader, won.leftover)
+        link = Link(won.conn, local, won.peer, leader, won.leftover,
+                    via=getattr(origin.get(won.conn), "via", None))
         return link
     finally:
         for sock in list(conns):

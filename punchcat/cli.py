@@ -116,6 +116,11 @@ def punchcat(
     allow_weak_secret: bool = typer.Option(
         False, "--allow-weak-secret",
         help="Use a secret weaker than punchcat's floor (40 bits by its estimate)."),
+    relay: Optional[List[str]] = typer.Option(
+        None, "--relay", envvar=options.RELAY_ENV, show_envvar=True, metavar="HOST[:PORT]",
+        help="Also go through this magic-wormhole transit relay (one you run; port 4001 "
+             "unless given) when no direct path wins within 2 s; needs a secret.  May be "
+             "given more than once."),
 ) -> None:
     """Connect to PEER through both NATs and pipe stdin to it and it to stdout.
 
@@ -136,7 +141,8 @@ def punchcat(
         plan=plan, verbose=verbose > 0, quiet=quiet, port_guessing=not no_port_guessing,
         port_mapping=not no_port_mapping, insecure_secret_file=insecure_secret_file,
         max_sessions=max_sessions, half_close_timeout=half_close_timeout, session=session_name,
-        allow_weak_secret=allow_weak_secret, closed_stdio=frozenset(CLOSED_STDIO))
+        allow_weak_secret=allow_weak_secret, relays=relay or [],
+        closed_stdio=frozenset(CLOSED_STDIO))
     if opts.plan:
         session.show_plan(opts)
         return

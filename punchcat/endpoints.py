@@ -108,6 +108,22 @@ def _known_interface(scope: str) -> bool:
         return False
 
 
+#: The transit relay's port when --relay names none (its documented default).
+RELAY_PORT = 4001
+
+
+def relay_endpoint(spec: str) -> Endpoint:
+    """``--relay HOST[:PORT]`` (an IPv6 HOST in brackets), resolved."""
+    if re.fullmatch(r"\[[^\]]*\]|[^:\[\]]+", spec):      # a host alone
+        host, port = spec.strip("[]"), RELAY_PORT
+    else:
+        host, port = split_endpoint(spec, "--relay")
+    if not host:
+        raise UsageError(f"--relay {spec}: expected HOST[:PORT] (an IPv6 HOST in brackets)")
+    address = resolve(host, what="--relay host")
+    return Endpoint(address.family, address.host, port)
+
+
 def endpoint(spec: str, option: str, what: str) -> Endpoint:
     """Parse and resolve ``[HOST:]PORT`` given to *option*."""
     host, port = split_endpoint(spec, option)

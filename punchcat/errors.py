@@ -45,6 +45,11 @@ class AuthenticationFailed(PunchcatError):
     message and by :mod:`punchcat.secure` when the exchange cannot finish;
     the message always starts with "authentication failed: "."""
 
+    def __init__(self, message: str, address: str | None = None):
+        super().__init__(message)
+        #: The peer address (or relay) the failed link came through, once known.
+        self.address = address
+
 
 class LinkLost(PunchcatError):
     """The punched connection broke while data was moving."""

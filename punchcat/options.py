@@ -12,7 +12,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from .endpoints import Address, Endpoint, endpoint, is_own_address, resolve
+from .endpoints import Address, Endpoint, endpoint, is_own_address, relay_endpoint, resolve
 from .errors import PunchcatError, UsageError
 from .handshake import Mode
 from .secret import check_strength, read_secret_file
@@ -33,6 +33,9 @@ DEFAULT_HALF_CLOSE_TIMEOUT = 60.0
 MAX_HALF_CLOSE_TIMEOUT = 86400.0
 #: --session NAME: a few words both users type alike.
 MAX_SESSION_NAME = 64
+RELAY_ENV = "PUNCHCAT_RELAY"
+#: Relays raced at once.
+MAX_RELAYS = 4
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Options:
     max_sessions: int = DEFAULT_MAX_SESSIONS          # -L/-c: sessions at once
     half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT
     session: str = ""                # --session: ports and hello of its own
+    relays: tuple[Endpoint, ...] = ()  # --relay: transit relays the user runs
 
 
 def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: float,
@@ -68,7 +72,7 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
           port_guessing: bool = True, port_mapping: bool = True,
           insecure_secret_file: bool = False, max_sessions: int = DEFAULT_MAX_SESSIONS,
           half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT,
-          session: str = "", allow_weak_secret: bool = False,
+          session: str = "", allow_weak_secret: bool = False, relays: list[str] = (),
           closed_stdio: frozenset[int] = frozenset()) -> Options:
     """Check the command line; raise :class:`UsageError` with one line if it cannot work.
 
@@ -121,6 +125,12 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
         check_strength(secret)
     if len(session) > MAX_SESSION_NAME or not session.isprintable():
         raise UsageError(f"--session: at most {MAX_SESSION_NAME} printable characters")
+    if len(relays) > MAX_RELAYS:
+        raise UsageError(f"at most {MAX_RELAYS} relays")
+    if relays and secret is None and not plan:
+        raise UsageError("--relay needs a secret: the relay is a third party, and only the "
+                         "secret keeps it from reading or changing the link (give -s, "
+                         f"{SECRET_ENV} or --secret-file; make one with punchcat --gen-code)")
 
     family = socket.AF_INET if ipv4 else socket.AF_INET6 if ipv6 else socket.AF_UNSPEC
     addresses = [] if plan else [resolve(peer, family=family) for peer in peers]
@@ -131,6 +141,7 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
                              f"punchcat-lab)")
     addresses = list(dict.fromkeys(addresses))           # the same address named twice
     target = endpoint(connect, "-c", "-c host") if connect is not None else None
+    relay_list = tuple(dict.fromkeys(relay_endpoint(r) for r in relays)) if not plan else ()
     local = endpoint(listen, "-L", "-L address") if listen is not None else None
     mode = Mode.LISTEN if local else Mode.CONNECT if target else Mode.PIPE
     if mode == Mode.PIPE and not plan:
@@ -145,4 +156,4 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
                    level=VERBOSE if verbose else QUIET if quiet else NORMAL, plan=plan,
                    port_guessing=port_guessing, port_mapping=port_mapping,
                    max_sessions=max_sessions, half_close_timeout=half_close_timeout,
-                   session=session)
+                   session=session, relays=relay_list)

@@ -54,7 +54,7 @@ import sys
 import threading
 import time
 
-from punchcat import options, session, srp
+from punchcat import connect, options, srp
 from punchcat.agree import Link, agree
 from punchcat.handshake import FLAG_SECRET, HELLO_LEN, Hello, Mode, parse_hello
 from punchcat.mux import DATA, HEADER, OPEN, RESET, WINDOW_SIZE, Mux
@@ -87,9 +87,9 @@ def _techniques(peer: str, timeout: float):
                          port_guessing=False, port_mapping=False)
     address = opts.peers[0]
     route = hops.discover(address.host)
-    seen = Observations(address.host, address.family, opts.clock_error, session.clock, route)
+    seen = Observations(address.host, address.family, opts.clock_error, connect.clock, route)
     reporter = Reporter(VERBOSE, sys.stderr)
-    return opts, seen, session.techniques(opts, address, route, reporter, seen)
+    return opts, seen, connect.techniques(opts, address, route, reporter, seen)
 
 
 def punch(peer: str, leader: bool, mode: int, flags: int = 0, timeout: float = 60.0) -> Link:

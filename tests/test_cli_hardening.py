@@ -22,7 +22,7 @@ STUBBED = """
 import sys
 import punchcat.session
 def no_network(opts, reporter):
-    print("reached the session", file=sys.stderr)
+    print("reached the session", *map(str, opts.relays), file=sys.stderr)
 punchcat.session.run = no_network
 from punchcat.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -247,3 +247,24 @@ def test_any_option_values_give_a_status_and_at_most_one_line(monkeypatch, capfd
     assert len(lines) <= 1, (argv, err)
     if status != 0:
         assert len(lines) == 1 and lines[0].startswith("punchcat: "), (argv, err)
+
+
+def test_a_relay_without_a_secret_is_a_usage_error_that_suggests_a_code():
+    line = one_line(run("--relay", "192.0.2.1:4001", "198.51.100.10",
+                        env={"PUNCHCAT_SECRET": None}), 2, "--relay needs a secret")
+    assert "--gen-code" in line
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("[2001:db8::1", "--relay"), (":4001", "--relay"), ("relay.invalid:99999", "port must be"),
+    ("no-such-host.invalid", "cannot resolve --relay host")])
+def test_a_bad_relay_is_a_usage_error(spec, needle):
+    one_line(run("--relay", spec, "198.51.100.10",
+                 env={"PUNCHCAT_SECRET": "a secret long enough here"}), 2, needle)
+
+
+def test_relays_come_from_the_environment_too():
+    done = run("198.51.100.10", env={"PUNCHCAT_SECRET": "a secret long enough here",
+                                     "PUNCHCAT_RELAY": "192.0.2.1:4001 [2001:db8::1]"})
+    assert done.returncode == 0
+    assert b"reached the session 192.0.2.1:4001 [2001:db8::1]:4001" in done.stderr

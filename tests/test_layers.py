@@ -21,14 +21,14 @@ LAYERS = [
      "portmap.client",
      "traverse", "traverse.timing", "traverse.errqueue", "traverse.hops", "traverse.diagnosis",
      "traverse.candidates", "traverse.tidy", "traverse.sentinel", "traverse.direct",
-     "traverse.birthday", "traverse.mapped",
+     "traverse.birthday", "traverse.mapped", "traverse.transit",
      "secure"],
     # agreeing on a connection; moving data
     ["agree", "relay", "acceptor", "rxsplice", "forward"],
     # one run, and the command lines
-    ["options", "session", "whoami", "entry", "cli", "__main__", "__init__"],
+    ["options", "connect", "session", "whoami", "entry", "cli", "__main__", "__init__"],
     # the lab, on top of everything
-    ["lab", "lab.netns", "lab.router", "lab.net", "lab.lan", "lab.pairs", "lab.cli"],
+    ["lab", "lab.netns", "lab.transit", "lab.router", "lab.net", "lab.lan", "lab.pairs", "lab.cli"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -12,6 +12,7 @@ import typer
 
 from ..entry import run_app
 from ..errors import PunchcatError, check_interrupted
+from ..secret import generate_code
 from .net import ANSWERS, NAT_MODES, Lab, Side, missing_prerequisites
 from .pairs import Run, run_pair
 
@@ -27,7 +28,7 @@ def _choice(value: str, allowed, what: str) -> str:
 
 def _summary(run: Run) -> list[str]:
     lines = []
-    for pattern in (r"path to [^\[]*[^\[ ]", r"winner: (.*)", r"connected to (.*)"):
+    for pattern in (r"path to [^\[]*[^\[ ]", r"winner: (.*)", r"connected (to|through) (.*)"):
         match = re.search(pattern, run.stderr)
         if match:
             lines.append(match.group(0))
@@ -59,6 +60,10 @@ def punchcat_lab(
                                         help="Send this file from host a to host b instead."),
     timeout: float = typer.Option(60.0, "-w", "--timeout", metavar="SECONDS",
                                   help="punchcat's --timeout on both hosts."),
+    relay: bool = typer.Option(False, "--relay",
+                               help="Run Debian's magic-wormhole transit relay on the lab's "
+                                    "internet and give both hosts --relay and a secret; with "
+                                    "--nat-a random --nat-b random it is the only path."),
 ) -> None:
     """Build two NATed hosts on this machine, punch between them, report, tear down.
 
@@ -71,7 +76,7 @@ def punchcat_lab(
     _choice(answer_b, ANSWERS, "--answer-b")
     if delay < 0 or timeout <= 0:
         raise typer.BadParameter("--delay must not be negative and --timeout must be positive")
-    missing = missing_prerequisites()
+    missing = missing_prerequisites(*(["twist3"] if relay else []))
     if missing:
         raise PunchcatError("needs " + ", ".join(missing))
     try:
@@ -94,8 +99,19 @@ def punchcat_lab(
                   f"it names {lab.peer_of(side)} as PEER", file=out)
         print(f"host b starts {delay:g} s after host a, its clock {skew:+g} s off", file=out,
               flush=True)
-        runs = run_pair(lab, ["-v", "-w", str(timeout)], stdin=sent, delay_b=delay,
-                        env={"b": {"PUNCHCAT_CLOCK_OFFSET": str(skew)}}, timeout=timeout + 30)
+        args = ["-v", "-w", str(timeout)]
+        env = {"a": {}, "b": {"PUNCHCAT_CLOCK_OFFSET": str(skew)}}
+        if relay:
+            daemon = lab.start_relay()
+            print(f"a transit relay listens at {daemon.endpoint} (twist3 transitrelay); both "
+                  f"hosts name it with --relay and share a fresh secret", file=out, flush=True)
+            args += ["--relay", daemon.endpoint]
+            code = generate_code()
+            for side in env:
+                env[side]["PUNCHCAT_SECRET"] = code
+        runs = run_pair(lab, args, stdin=sent, delay_b=delay, env=env, timeout=timeout + 30)
+        if relay:
+            print(f"the relay carried {daemon.carried()} bytes", file=out)
         check_interrupted()                # a signal whose first raise was dropped
     plan = re.search(r"bucket (\d+).*ports ([\d ]+)", runs["a"].stderr)
     if plan:

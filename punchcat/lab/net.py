@@ -37,7 +37,9 @@ import re
 from dataclasses import dataclass
 
 from .netns import LabUnavailable, Namespaces, missing_prerequisites
-from .router import OFFERS, Miniupnpd, forward_listing, start_miniupnpd, start_scripted
+from .router import OFFERS, forward_listing, start_miniupnpd, start_scripted
+from .transit import PORT as RELAY_PORT
+from .transit import TransitRelay, start_relay
 
 __all__ = ["ANSWERS", "NAT_MODES", "Lab", "LabUnavailable", "Side", "missing_prerequisites"]
 
@@ -81,6 +83,8 @@ _WAN = {"a": ("198.51.100.10", "198.51.100.1", "198.18.1"),
 _WAN_MAPPED = {"a": ("5.5.5.10", "5.5.5.1", "198.18.1"),
                "b": ("6.6.6.20", "6.6.6.1", "198.18.2")}
 _CORE_LINK = ("192.0.2.1", "192.0.2.2")
+#: Where the lab's transit relay listens: core router c1's address.
+RELAY_ADDRESS = _CORE_LINK[0]
 _PRIVATE_LAN = "192.168.1"
 _INNER_LAN = "172.17.0"
 
@@ -159,7 +163,7 @@ class Lab(Namespaces):
             f"i{s}" for s in "ab" if self.sides[s].inner)
         self.wan = {s: (_WAN_MAPPED if self.sides[s].portmap in OFFERS else _WAN)[s]
                     for s in "ab"}
-        self.daemons: list[Miniupnpd] = []
+        self.daemons: list = []       # miniupnpd and relays, stopped on close
         super().__init__()
 
     # -- addresses ---------------------------------------------------------
@@ -230,6 +234,13 @@ class Lab(Namespaces):
                                                 f"{_PRIVATE_LAN}.0/24", **OFFERS[kind]))
         else:
             start_scripted(self, kind, role=role, listen=f"{_PRIVATE_LAN}.1")
+
+    def start_relay(self, port: int = RELAY_PORT) -> TransitRelay:
+        """A magic-wormhole transit relay on core router c1 (on the lab's
+        internet, reached at its core address :data:`RELAY_ADDRESS`)."""
+        relay = start_relay(self, "c1", RELAY_ADDRESS, port)
+        self.daemons.append(relay)
+        return relay
 
     def mappings(self, side: str) -> list[str]:
         """The port forwards miniupnpd has in *side*'s router now."""

@@ -39,7 +39,7 @@ class LabUnavailable(PunchcatError):
 #: lab needs; miniupnpd and upnpc only the router lab's tests (a router that
 #: maps ports, and the UPnP client that reads its table).
 PACKAGES = {"ip": "iproute2", "nft": "nftables", "miniupnpd": "miniupnpd-nftables",
-            "upnpc": "miniupnpc"}
+            "upnpc": "miniupnpc", "twist3": "magic-wormhole-transit-relay"}
 #: Daemons live in /usr/sbin, which is not on a user's PATH (and miniupnpd
 #: has no other home).
 _DAEMONS = ("miniupnpd",)

@@ -19,15 +19,19 @@ is all the loop knows of a technique:
 * ``finish(leader)``: a connection won the election; hand over what must be
   tidied while both sides still run (a :class:`~punchcat.traverse.tidy.Tidy`,
   run in the background), or None;
-* ``close()``: close every socket it still holds.
+* ``close()``: close every socket it still holds;
+* ``via`` (optional attribute): the relay its connections go through, for
+  the user ("HOST:PORT"); techniques without it connect directly.
 
 What each technique observed goes into one shared
 :class:`~punchcat.traverse.diagnosis.Observations`, from which the failure
 line is written.  The techniques, one module each: :mod:`.sentinel` (the
 article's ports, held open by sentinels and tried by probes), :mod:`.direct`
 (a peer so near that no sentinel fits: plain simultaneous open),
-:mod:`.birthday` (the random-port fallback) and :mod:`.mapped` (the home
-router opens the candidate ports); :mod:`punchcat.session` picks which run.
+:mod:`.birthday` (the random-port fallback), :mod:`.mapped` (the home
+router opens the candidate ports) and :mod:`.transit` (through a relay the
+user names, when no direct path exists); :mod:`punchcat.connect` picks which
+run.
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ def explain(seen: Observations) -> str:
                      f"against {seen.random_ports} random ports of this side without a hit: "
                      f"if both NATs give each connection a random port (carrier-grade NAT, "
                      f"phone hotspots), no direct path exists without a router's help "
-                     f"(port mapping)")
+                     f"(port mapping) or a relay you run (--relay)")
     elif not seen.connections and not any("random port" in h for h in hints):
         hints.append("if all that holds, a NAT that gives each connection a random port "
                      "(carrier-grade NAT, phone hotspots) would explain it")
