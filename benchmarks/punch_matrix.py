@@ -50,6 +50,8 @@ class Row:
     ipv6: bool = False                # the lab has IPv6 too
     v6: bool | str = False            # name the peer's IPv6 address, or "both" (v4 and v6)
     args: tuple[str, ...] = ()        # extra options for both sides
+    relay: str = ""                   # "relayed": must go through the lab's transit
+                                      # relay; "direct": must not (the relay carries nothing)
 
 
 ROWS = [
@@ -106,6 +108,13 @@ ROWS = [
     Row("v4v6-v6only", "PEER as IPv4 and IPv6, both IPv4 NATs randomise: IPv6 wins",
         Side(nat="random"), Side(nat="random"), ipv6=True, v6="both"),
     Row("v4v6-both", "PEER as IPv4 and IPv6, both can connect", ipv6=True, v6="both"),
+    Row("relay-random", "both NATs randomise ports, --relay: through the transit relay",
+        Side(nat="random"), Side(nat="random"), relay="relayed"),
+    Row("relay-random-reject", "both randomise, reject routers, --relay: through the relay",
+        Side(nat="random", answer="reject"), Side(nat="random", answer="reject"),
+        relay="relayed"),
+    Row("relay-direct", "both NATs preserve ports, --relay: direct wins, the relay carries nothing",
+        relay="direct"),
     Row("lan", "same LAN, no router (a starts first)", lan="link"),
     Row("lan-b", "same LAN, no router (b starts first)", lan="link", first="b"),
     Row("lan-routed", "same LAN through a plain router (no NAT)", lan="routed"),
@@ -124,9 +133,15 @@ def percentile(values: list[float], q: float) -> float:
 def one_run(lab: Lab, row: Row, index: int, rng: random.Random) -> tuple[bool, float | None, str]:
     sent = {"a": os.urandom(PAYLOAD), "b": os.urandom(PAYLOAD)}
     args = ["-v"] + (["-w", str(row.timeout)] if row.timeout else [])
-    env = {}
+    env = {"a": {}, "b": {}}
     if row.skew:
         env["b"] = {"PUNCHCAT_CLOCK_OFFSET": str(row.skew if index % 2 == 0 else -row.skew)}
+    carried = 0
+    if row.relay:
+        args += ["--relay", lab.relay.endpoint]
+        for side in env:
+            env[side]["PUNCHCAT_SECRET"] = "the punch matrix's relay secret"
+        carried = lab.relay.carried()
     runs = run_pair(lab, [*args, *row.args], stdin=sent, env=env,
                     delay_b=rng.uniform(*row.delay), timeout=(row.timeout or 180) + 60,
                     first=row.first, v6=row.v6)
@@ -137,6 +152,11 @@ def one_run(lab: Lab, row: Row, index: int, rng: random.Random) -> tuple[bool, f
         return ok, None, "" if ok else a.stderr[-300:] + b.stderr[-300:]
     ok = (a.returncode == 0 and b.returncode == 0
           and a.stdout == sent["b"] and b.stdout == sent["a"])
+    if row.relay:
+        relayed = all("connected through the relay" in r.stderr for r in (a, b))
+        ok = ok and relayed == (row.relay == "relayed")
+        if row.relay == "direct":
+            ok = ok and lab.relay.carried() == carried
     detail = "" if ok else f"a={a.returncode} b={b.returncode}\n{a.stderr[-400:]}\n{b.stderr[-400:]}"
     later = b if row.first == "a" else a
     return ok, later.first_byte, detail
@@ -153,6 +173,8 @@ def run_row(row: Row, n: int, rng: random.Random, verbose: bool) -> dict:
                     lab.close()
                 lab = (LanLab(row.lan, row.hairpin) if row.lan
                        else Lab(row.a, row.b, ipv6=row.ipv6)).__enter__()
+                if row.relay:
+                    lab.relay = lab.start_relay()
                 if row.occupy:
                     wanted = sorted(active_ports(time.time(), 20, 10, 16))
                     holder = occupy_ports(lab, "a", wanted[::2])
