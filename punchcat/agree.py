@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import sockopts
 from .errors import NoConnection, check_interrupted
@@ -56,11 +57,12 @@ class Link:
 
 
 def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
-          seen: list[Observations]) -> Link:
+          seen: list[Observations], cancelled: Callable[[], bool] = lambda: False) -> Link:
     """Run *techniques* and the election until one verified connection is agreed.
 
     *deadline* is a ``time.monotonic()`` instant after which we give up with
-    :class:`NoConnection`, explained from *seen* (one per peer address).
+    :class:`NoConnection`, explained from *seen* (one per peer address);
+    so do we as soon as *cancelled()* (a punch in the background).
     """
     election = Election(local)
     sel = selectors.DefaultSelector()
@@ -113,6 +115,8 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
         while won is None:
             check_interrupted()
             now = time.monotonic()
+            if cancelled():
+                raise NoConnection("the punch was called off")
             if now >= deadline:
                 for each in seen:
                     reporter.info(f"seen toward {each.peer}: {each.summary()}")

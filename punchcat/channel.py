@@ -33,6 +33,7 @@ READ_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
+MSG_MORE = getattr(socket, "MSG_MORE", 0)
 #: The zero-copy calls, where the OS has them (off with PUNCHCAT_PORTABLE=1).
 HAVE_SPLICE = hasattr(os, "splice") and not PORTABLE
 HAVE_SENDFILE = hasattr(os, "sendfile") and not PORTABLE
@@ -143,16 +144,6 @@ class Channel:
             pass
         self.sock.close()
 
-    def finish(self, grace: float = 1.0) -> None:
-        """End the link: tell the peer it ends here (with a secret, the
-        authenticated end, so an interrupt is not mistaken for a cut),
-        waiting at most *grace* seconds; then close."""
-        try:
-            self.sock.settimeout(grace)
-            self.shutdown_write()
-        except (OSError, LinkLost):
-            pass
-        self.close()
 
 
 class PlainChannel(Channel):
@@ -173,11 +164,22 @@ class PlainChannel(Channel):
         except OSError as exc:
             raise LinkLost.from_os(exc, "sending") from None
 
-    def shutdown_write(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            raise LinkLost.from_os(exc, "closing") from None
+    def send_parts(self, parts, more: bool = False) -> None:
+        """Send *parts* (bytes-like) in order, in as few calls as the socket
+        allows; *more*: the next send follows at once (MSG_MORE: one segment)."""
+        out = [memoryview(p).cast("B") for p in parts if len(p)]
+        flags = MSG_MORE if more else 0
+        while out:
+            try:
+                sent = self.sock.sendmsg(out[:IOV_MAX], [], flags)
+            except OSError as exc:
+                raise LinkLost.from_os(exc, "sending") from None
+            while sent:
+                if sent >= len(out[0]):
+                    sent -= len(out.pop(0))
+                else:
+                    out[0] = out[0][sent:]
+                    sent = 0
 
     # -- non-blocking (mux event loop) ----------------------------------------
     def read(self, size: int = READ_SIZE):

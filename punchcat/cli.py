@@ -66,8 +66,12 @@ def punchcat(
         False, "--stats", help="At exit, report bytes each way, duration and rate on stderr."),
     keepalive: float = typer.Option(
         options.DEFAULT_KEEPALIVE, "--keepalive", metavar="SECONDS",
-        help="Notice a vanished peer or a dead path within about this long, and keep NAT "
+        help="Notice a vanished peer or a broken path within about this long, and keep NAT "
              "mappings alive."),
+    resume_timeout: float = typer.Option(
+        options.DEFAULT_RESUME_TIMEOUT, "--resume-timeout", metavar="SECONDS",
+        help="When the link breaks, punch again for up to this long and carry on where the "
+             "stream stood, nothing lost; 0 ends the run instead."),
     no_port_mapping: bool = typer.Option(
         False, "--no-port-mapping",
         help="Do not ask the home router (PCP, NAT-PMP, UPnP-IGD) to open the candidate ports."),
@@ -141,7 +145,7 @@ def punchcat(
         plan=plan, verbose=verbose > 0, quiet=quiet, port_guessing=not no_port_guessing,
         port_mapping=not no_port_mapping, insecure_secret_file=insecure_secret_file,
         max_sessions=max_sessions, half_close_timeout=half_close_timeout, session=session_name,
-        allow_weak_secret=allow_weak_secret, relays=relay or [],
+        allow_weak_secret=allow_weak_secret, relays=relay or [], resume_timeout=resume_timeout,
         closed_stdio=frozenset(CLOSED_STDIO))
     if opts.plan:
         session.show_plan(opts)

@@ -22,14 +22,17 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from .agree import Link, agree
 from .channel import PlainChannel
 from .endpoints import Address
 from .errors import AuthenticationFailed, PunchcatError, UsageError
-from .handshake import FLAG_SECRET, Hello, session_tag
+from . import resume
+from .handshake import FLAG_RESUME, FLAG_SECRET, NO_TAG, Hello, session_tag
+from .resume import prove_plain
 from .options import Options
-from .secure import secure
+from .secure import HANDSHAKE_TIMEOUT, secure
 from .status import Reporter
 from .traverse import Technique, hops
 from .traverse.birthday import BirthdayPunch
@@ -73,37 +76,45 @@ class Connected:
         """How the link goes, for the user: "direct" or "relayed via HOST:PORT"."""
         return f"relayed via {self.link.via}" if self.link.via else "direct"
 
+    @property
+    def resumable(self) -> bool:
+        """Both sides punch again when this link breaks (FLAG_RESUME)."""
+        return bool(self.link.local.flags & self.link.peer.flags & FLAG_RESUME)
+
 
 def techniques(opts: Options, peer: Address, route: hops.HopsResult, reporter: Reporter,
-               seen: Observations) -> list[Technique]:
+               seen: Observations, port_guessing: bool = True) -> list[Technique]:
     """The punch techniques toward one peer address, all run at once."""
     ports = ArticlePorts(clock, opts.clock_error, opts.run_window, opts.ports, reporter,
                          session=session_tag(opts.session))
     if not route.sentinel:           # the peer is too near for a sentinel
         return [DirectPunch(peer.family, peer.host, ports, reporter, seen)]
     found = [SentinelPunch(peer.family, peer.host, ports, route, reporter, seen)]
-    if opts.port_guessing:
+    if opts.port_guessing and port_guessing:
         found.append(BirthdayPunch(peer.family, peer.host, ports, route, reporter, seen, clock))
     return found
 
 
 def punch(opts: Options, peers: list[Address], routes: dict[Address, hops.HopsResult],
           reporter: Reporter, deadline: float, relays: bool = True,
-          relay_join: float = JOIN_AFTER) -> Link:
+          relay_join: float = JOIN_AFTER, stream: bytes = NO_TAG, port_guessing: bool = True,
+          cancelled: Callable[[], bool] = lambda: False) -> Link:
     """Run the techniques toward every address of *peers*, and the relays
     (unless not *relays*; they join after *relay_join* seconds), until one
-    verified connection is agreed."""
+    verified connection is agreed; *stream* names the stream a new link
+    continues (in the hello and the relay's token)."""
     seen = [Observations(p.host, p.family, opts.clock_error, clock, routes[p]) for p in peers]
     found: list[Technique] = []
     for peer, each in zip(peers, seen):
-        found += techniques(opts, peer, routes[peer], reporter, each)
+        found += techniques(opts, peer, routes[peer], reporter, each, port_guessing)
     far_v4 = [p.host for p in peers if p.version == 4 and routes[p].sentinel]
     tag = session_tag(opts.session)
     if opts.port_mapping and far_v4:
         ports = ArticlePorts(clock, opts.clock_error, opts.run_window, opts.ports, reporter,
                              quiet=True, session=tag)
         found.append(MappedPunch(socket.AF_INET, far_v4, ports, reporter, seen[0]))
-    hello = Hello.fresh(opts.mode, FLAG_SECRET if opts.secret else 0, session=tag)
+    flags = (FLAG_SECRET if opts.secret else 0) | (FLAG_RESUME if opts.resume_timeout else 0)
+    hello = Hello.fresh(opts.mode, flags, session=tag, stream=stream)
     if relays:
         ports = ArticlePorts(clock, opts.clock_error, opts.run_window, opts.ports, reporter,
                              quiet=True, session=tag)
@@ -112,38 +123,53 @@ def punch(opts: Options, peers: list[Address], routes: dict[Address, hops.HopsRe
             """Every SYN toward every peer address failed here: no direct path."""
             return all(s.local_errors and not (s.probes or s.connections or s.guesses)
                        for s in seen)
-        found += [TransitRelay(relay, ports, hello.side_id, reporter, join_after=relay_join,
-                               hopeless=hopeless) for relay in opts.relays]
-    return agree(found, hello, deadline, reporter, seen)
+        found += [TransitRelay(relay, ports, hello.side_id, reporter, stream=stream,
+                               join_after=relay_join, hopeless=hopeless)
+                  for relay in opts.relays]
+    return agree(found, hello, deadline, reporter, seen, cancelled)
 
 
-def open_channel(link: Link, secret: str | None, reporter: Reporter):
-    """The agreed connection as a channel, and the user data that came with
-    the commit: authenticated and encrypted with a secret."""
+def open_channel(link: Link, secret: str | None, reporter: Reporter,
+                 resume_key: bytes | None = None):
+    """The agreed connection as a channel, and what came with the commit:
+    authenticated and encrypted with a secret; on a link that continues a
+    stream, proven by its *resume_key* (:mod:`punchcat.resume`)."""
+    local, peer = link.local.encode(), link.peer.encode()
     if not secret:
-        reporter.info("the link is not encrypted (no secret)")
-        return PlainChannel(link.sock), link.leftover
-    channel = secure(link.sock, secret, link.leader, link.local.encode(), link.peer.encode(),
-                     link.leftover)
-    reporter.info("secret proven by both sides (SRP-6a); the link is encrypted (TLS 1.2, "
-                  "ADH-AES128-GCM-SHA256)")
+        leftover = link.leftover
+        if resume_key is not None:
+            leftover = prove_plain(link.sock, resume_key, link.leader, local, peer, leftover,
+                                   HANDSHAKE_TIMEOUT)
+        else:
+            reporter.info("the link is not encrypted (no secret)")
+        return PlainChannel(link.sock), leftover
+    channel = secure(link.sock, secret, link.leader, local, peer, link.leftover,
+                     resume_key=resume_key)
+    if resume_key is None:
+        reporter.info("secret proven by both sides (SRP-6a); the link is encrypted (TLS 1.2, "
+                      "ADH-AES128-GCM-SHA256)")
     return channel, b""
 
 
 def connect(opts: Options, peers: list[Address], routes: dict[Address, hops.HopsResult],
-            reporter: Reporter, deadline: float) -> Connected:
+            reporter: Reporter, deadline: float, *, resume_key: bytes | None = None,
+            relays: bool = True, port_guessing: bool = True,
+            cancelled: Callable[[], bool] = lambda: False) -> Connected:
     """Punch and open the channel; a relayed link that fails authentication
-    is dropped and the punch goes on (module docstring)."""
+    is dropped and the punch goes on (module docstring).  With *resume_key*
+    the new link continues that stream (named in the hello by its id)."""
     relay_failures = 0
+    stream = resume.stream_id(resume_key) if resume_key is not None else NO_TAG
     while True:
         # After a relayed link failed authentication, the relay joins at once:
         # the peer's connection is most likely waiting there already.
         link = punch(opts, peers, routes, reporter, deadline,
-                     relays=relay_failures < RELAY_AUTH_FAILURES,
-                     relay_join=0.0 if relay_failures else JOIN_AFTER)
+                     relays=relays and relay_failures < RELAY_AUTH_FAILURES,
+                     relay_join=0.0 if relay_failures else JOIN_AFTER, stream=stream,
+                     port_guessing=port_guessing, cancelled=cancelled)
         address = _address_of(link, peers)
         try:
-            channel, leftover = open_channel(link, opts.secret, reporter)
+            channel, leftover = open_channel(link, opts.secret, reporter, resume_key)
         except AuthenticationFailed as exc:
             link.sock.close()
             link.wait_tidy()

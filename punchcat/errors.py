@@ -74,6 +74,11 @@ class LinkLost(PunchcatError):
         return cls(message, exc.errno, doing)
 
 
+class PeerStopped(PunchcatError):
+    """The peer ended the stream early for a reason of its own (interrupted,
+    its output failed): no new link will continue it."""
+
+
 class InputFailed(PunchcatError):
     """What punchcat sends (standard input, or a local connection) could not be read."""
 

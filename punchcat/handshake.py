@@ -92,6 +92,9 @@ class Mode(enum.IntEnum):
 
 #: Hello flag: this side requires the shared secret (punchcat.secure).
 FLAG_SECRET = 1
+#: Hello flag: this side punches again when the link breaks (--resume-timeout
+#: above 0); the stream is resumed only when both sides do.
+FLAG_RESUME = 2
 
 #: Pairs of modes that work together: plain pipes, a -L side with a -c side
 #: (multiplexed sessions), and a pipe with a -c side (one raw session).

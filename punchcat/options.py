@@ -22,7 +22,13 @@ MAX_PORTS = 100
 #: PEER addresses raced at once (IPv4 and IPv6, a few of each).
 MAX_PEERS = 8
 MAX_CLOCK_ERROR = 3600.0
-DEFAULT_KEEPALIVE = 60.0
+#: A broken path is noticed within about this long (then, by default, punched
+#: again): short enough that a link which will not come back by itself is
+#: replaced soon, long enough that a congested path is not called broken.
+DEFAULT_KEEPALIVE = 15.0
+#: How long a broken link is punched again for, by default.
+DEFAULT_RESUME_TIMEOUT = 120.0
+MAX_RESUME_TIMEOUT = 86400.0
 #: --keepalive at most a day (TCP_KEEPIDLE and TCP_USER_TIMEOUT have bounds).
 MAX_KEEPALIVE = 86400.0
 # -- limits and secrets --
@@ -63,6 +69,7 @@ class Options:
     half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT
     session: str = ""                # --session: ports and hello of its own
     relays: tuple[Endpoint, ...] = ()  # --relay: transit relays the user runs
+    resume_timeout: float = DEFAULT_RESUME_TIMEOUT   # 0: a broken link ends the run
 
 
 def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: float,
@@ -73,6 +80,7 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
           insecure_secret_file: bool = False, max_sessions: int = DEFAULT_MAX_SESSIONS,
           half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT,
           session: str = "", allow_weak_secret: bool = False, relays: list[str] = (),
+          resume_timeout: float = DEFAULT_RESUME_TIMEOUT,
           closed_stdio: frozenset[int] = frozenset()) -> Options:
     """Check the command line; raise :class:`UsageError` with one line if it cannot work.
 
@@ -125,6 +133,9 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
         check_strength(secret)
     if len(session) > MAX_SESSION_NAME or not session.isprintable():
         raise UsageError(f"--session: at most {MAX_SESSION_NAME} printable characters")
+    if not 0 <= resume_timeout <= MAX_RESUME_TIMEOUT:
+        raise UsageError(f"--resume-timeout must be between 0 and {MAX_RESUME_TIMEOUT:g} "
+                         f"seconds")
     if len(relays) > MAX_RELAYS:
         raise UsageError(f"at most {MAX_RELAYS} relays")
     if relays and secret is None and not plan:
@@ -156,4 +167,4 @@ def parse(*, peers: list[str], timeout: float, clock_error: float, run_window: f
                    level=VERBOSE if verbose else QUIET if quiet else NORMAL, plan=plan,
                    port_guessing=port_guessing, port_mapping=port_mapping,
                    max_sessions=max_sessions, half_close_timeout=half_close_timeout,
-                   session=session, relays=relay_list)
+                   session=session, relays=relay_list, resume_timeout=resume_timeout)

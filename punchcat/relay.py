@@ -1,31 +1,32 @@
-"""The relay: input to the peer and the peer to output, until both are done.
+"""Pipe mode: input to the peer and the peer to output, over one link after another.
 
 Four directions, as in nc: input (stdin, or a target socket) is read and sent
 to the net; the net is read and written to output (stdout, or the same
-socket).  Each of the two flows runs in its own thread with blocking I/O,
-because stdin and stdout may be regular files or /dev/null: epoll (what
-``selectors.DefaultSelector`` uses on Linux) refuses them, and select and
-poll accept them but call them ready at all times.  The half-close rules:
+socket).  Each flow runs in its own thread with blocking calls on its local
+end (:mod:`punchcat.ends`).  What travels is the stream's records
+(:mod:`punchcat.stream`), and the stream outlives a link: :class:`PipeStream`
+keeps the positions, the retention ring and the local ends, and
+:meth:`PipeStream.run_link` moves data over one link until the stream is
+done, the link breaks (:class:`~punchcat.errors.LinkLost`: the session may
+punch a new one and call it again) or :meth:`PipeStream.interrupt` asks it
+to let go of the link (a better one was found).
 
-* input ends: shut down our sending side (the peer sees EOF), keep receiving;
-* the peer ends its side: everything has been written out, that flow is
-  done (a socket output is shut down for writing); keep sending input;
-* both done: close the connection, status 0;
-* a flow fails (connection reset, output closed): stop everything, status 1.
+The half-close rules, in records:
 
-Each flow picks the cheapest way the OS offers for the two ends it joins
-(only on an unencrypted channel, whose socket can be handed to the kernel):
+* input ends: send EOF after the last byte (the peer's output ends), keep
+  receiving;
+* the peer's EOF comes: everything before it has been written out; that
+  flow is done (a socket output is shut down for writing); keep sending;
+* both done, our EOF confirmed by the peer and its EOF confirmed by us:
+  close the link, status 0;
+* a local end fails (output closed, input unreadable): tell the peer why
+  (ABORT), stop, status 1; the peer stops too, with that reason.
 
-=========================  ====================================================
-input is a regular file    ``sendfile`` to the socket (no copy through us)
-input is a pipe            ``splice`` from the pipe to the socket
-output is a pipe/file/     ``splice`` through a pipe of our own (never straight
-socket                     into the output pipe: see :func:`_down_splice`)
-anything else              ``read``/``recv_into`` a reused buffer, ``write``
-=========================  ====================================================
-
-None of these waits to fill a buffer: each call moves what is there, so a
-line typed at a terminal is sent at once.
+Who sends what: only the sending thread writes to the link (DATA, EOF, and
+the ACKs the receiving thread asks for through a wake-up pipe), so records
+never interleave and the sending thread never waits on the receiving one; a
+sender whose retention is full waits for an ACK, which the receiving thread
+always delivers, since it never waits on the sender.
 """
 
 from __future__ import annotations
@@ -33,23 +34,26 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import select
 import socket
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .channel import HAVE_SENDFILE, HAVE_SPLICE, KernelPipe, grow_pipe
+from . import stream
 from .endpoints import CONNECT_TIMEOUT, Endpoint
-from .errors import InputFailed, LinkLost, OutputFailed, PunchcatError, check_interrupted
+from .ends import CHUNK, Input, Output
+from .errors import (InputFailed, LinkLost, OutputFailed, PeerStopped, PunchcatError,
+                     RemoteProtocolError, check_interrupted)
+from .retention import Ring
 from .sockopts import gave_up
+from .status import printable
 
+#: Read buffer of the receiving thread (copying path).
 BUFSIZE = 1024 * 1024
-#: Most bytes asked of one splice/sendfile call.
-CHUNK = 4 * 1024 * 1024
-#: Pipe size asked for (F_SETPIPE_SZ); the default is 64 KiB.
-PIPE_SIZE = 1024 * 1024
+#: How long a flow's failure waits for the other flow's, to report the cause.
+CAUSE_GRACE = 0.5
 
 
 @dataclass
@@ -63,254 +67,351 @@ class Stats:
     def duration(self) -> float:
         return (self.ended or time.monotonic()) - self.started
 
-    def count_sent(self, n: int) -> None:
-        self.sent += n
 
-    def count_received(self, n: int) -> None:
-        self.received += n
+class _Stop(Exception):
+    """The link is let go on purpose (interrupt())."""
 
 
-def kind(fd: int) -> str:
-    """What *fd* is: file, pipe, socket, tty or other (a device, /dev/null)."""
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISFIFO(mode):
-        return "pipe"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "tty" if os.isatty(fd) else "other"
+class _Link:
+    """One link's run: its channel, its threads' signals and the records' order."""
 
+    def __init__(self, channel, resuming: bool, opening: list[bytes]):
+        self.channel = channel
+        self.resuming = resuming           # a RESUME must come first, before any data
+        self.opening = opening             # what this side sends first (KEY, RESUME)
+        self.first = True                  # no record from the peer yet
+        self.peer_resumed = not resuming
+        self.stop = threading.Event()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.results: queue.Queue = queue.Queue()
 
-def write_all(fd: int, data) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-
-# -- input -> net -----------------------------------------------------------------
-
-def _up(channel, fd: int, stats: Stats) -> None:
-    """Input to the net, then half-close."""
-    how = kind(fd)
-    if channel.plain and HAVE_SENDFILE and how == "file":
-        _up_sendfile(channel, fd, stats)
-    elif channel.plain and HAVE_SPLICE and how in ("pipe", "socket"):
-        _up_splice(channel, fd, stats, through_pipe=how == "socket")
-    else:
-        _up_copy(channel, fd, stats)
-    channel.shutdown_write()
-
-
-def _up_copy(channel, fd: int, stats: Stats) -> None:
-    if kind(fd) == "pipe":
-        grow_pipe(fd, PIPE_SIZE)
-    while True:
+    def wake(self) -> None:
         try:
-            data = os.read(fd, BUFSIZE)
-        except OSError as exc:
-            raise InputFailed.from_os(exc) from None
-        if not data:
-            return
-        channel.sendall(data)
-        stats.sent += len(data)
+            os.write(self.wake_w, b"!")
+        except BlockingIOError:
+            pass                           # already pending
 
-
-def _up_sendfile(channel, fd: int, stats: Stats) -> None:
-    sock = channel.fileno()
-    while True:
+    def drain(self) -> None:
         try:
-            n = os.sendfile(sock, fd, None, CHUNK)
-        except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.ENOSYS) and stats.sent == 0:
-                return _up_copy(channel, fd, stats)     # e.g. a file system without it
-            if exc.errno == errno.EIO:
-                raise InputFailed.from_os(exc) from None
-            raise LinkLost.from_os(exc, "sending") from None
-        if n == 0:
-            return
-        stats.sent += n
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def wait(self) -> None:
+        select.select([self.wake_r], [], [])
+        self.drain()
+
+    def release(self) -> None:
+        """Stop both threads: whatever they block on in the link fails now."""
+        self.stop.set()
+        self.wake()
+        try:
+            self.channel.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.wake_r)
+        os.close(self.wake_w)
 
 
-def _up_splice(channel, fd: int, stats: Stats, through_pipe: bool) -> None:
-    sock = channel.fileno()
-    if not through_pipe:
-        grow_pipe(fd, PIPE_SIZE)
-        while True:
-            try:
-                n = os.splice(fd, sock, CHUNK)
-            except OSError as exc:
-                raise LinkLost.from_os(exc, "sending") from None
-            if n == 0:
-                return
-            stats.sent += n
-    _splice_through(fd, sock, stats.count_sent, InputFailed.from_os,
-                    lambda exc: LinkLost.from_os(exc, "sending"))
+class PipeStream:
+    """Pipe mode's stream: the local ends and where both directions stand, across links."""
 
+    def __init__(self, source_fd: int, sink_fd: int,
+                 sink_eof: Callable[[], None] | None = None):
+        self.input = Input(source_fd)
+        self.output = Output(sink_fd, sink_eof)
+        self.offsets = stream.Offsets()
+        self._ring = Ring(stream.RETAIN)
+        self._size = 0                     # a regular file's size, in positions, as last seen
+        self._lock = threading.Lock()      # offsets and ring, between the two threads
+        self.stats = Stats()
+        self.peer_key: bytes | None = None   # the peer's KEY material (plain links)
+        self._link: _Link | None = None
+        self._buf = bytearray(BUFSIZE)
 
-def _splice_through(src: int, dst: int, count: Callable[[int], None],
-                    src_error: Callable[[OSError], PunchcatError],
-                    dst_error: Callable[[OSError], PunchcatError]) -> None:
-    """Splice *src* to *dst* through a pipe of our own until *src* ends."""
-    mid = KernelPipe(PIPE_SIZE)
-    try:
-        while True:
-            try:
-                n = os.splice(src, mid.w, CHUNK)
-            except OSError as exc:
-                raise src_error(exc) from None
-            if n == 0:
-                return
-            while n:
+    # -- the session's side ------------------------------------------------------
+    def finished(self) -> bool:
+        with self._lock:
+            return self.offsets.finished()
+
+    def interrupt(self) -> None:
+        """Let go of the current link (from another thread): run_link returns False."""
+        link = self._link
+        if link is not None:
+            link.release()
+
+    def run_link(self, channel, leftover: bytes = b"", opening: list[bytes] = (),
+                 resuming: bool = False,
+                 progress: Callable[[Stats], None] | None = None) -> bool:
+        """Move data over *channel* until the stream is done (True), or
+        :meth:`interrupt` lets go of it (False).  A link that breaks raises
+        :class:`LinkLost`; the positions and the ring stay, for the next.
+        *opening*: records this side sends first; *resuming*: the peer's
+        first record must be its RESUME."""
+        link = self._link = _Link(channel, resuming, list(opening))
+        threads = [threading.Thread(target=self._flow, args=(link, self._send), daemon=True),
+                   threading.Thread(target=self._flow, args=(link, self._receive, leftover),
+                                    daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            first = self._wait(link, progress)
+            if first is not None:
+                link.release()
+                for t in threads:
+                    t.join()
+                raise self._cause(first, link)
+            return not link.stop.is_set() or self.finished()
+        finally:
+            for t in threads:
+                t.join(5)
+            self._link = None
+            link.close()
+            self.stats.sent = self.offsets.eof if self.offsets.eof is not None \
+                else self.offsets.sent
+            self.stats.received = self.offsets.peer_eof if self.offsets.peer_eof is not None \
+                else self.offsets.received
+
+    def abort(self, channel, reason: str) -> None:
+        """Tell the peer this side stops for *reason* (best effort, never blocks long)."""
+        try:
+            channel.sock.settimeout(1.0)
+            channel.send_parts([stream.abort_record(reason)])
+        except (OSError, PunchcatError):
+            pass
+
+    def close(self) -> None:
+        self.output.close()
+
+    def _wait(self, link: _Link, progress) -> PunchcatError | None:
+        """Both threads' results; the first failure (None when both are done)."""
+        for _ in range(2):
+            while True:
                 try:
-                    moved = os.splice(mid.r, dst, n)
-                except OSError as exc:
-                    raise dst_error(exc) from None
-                n -= moved
-                count(moved)
-    finally:
-        mid.close()
+                    exc = link.results.get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    check_interrupted()
+                    if progress is not None:
+                        progress(self.stats)
+            if isinstance(exc, _Stop):
+                link.release()
+                continue
+            if exc is not None:
+                return exc
+            if self.finished():
+                link.release()             # the other thread may wait for a peer that is done
+        return None
 
-
-# -- net -> output ----------------------------------------------------------------
-
-def _down(channel, fd: int, leftover: bytes, stats: Stats,
-          sink_eof: Callable[[], None] | None) -> None:
-    """The net to output, until the peer's EOF."""
-    if leftover:
+    def _cause(self, exc: PunchcatError, link: _Link) -> PunchcatError:
+        """The error to report when a flow failed.  When the link dies, both
+        flows fail, and the one that reports first may only have seen the
+        consequence: the kernel gives the cause (the peer stopped answering,
+        ETIMEDOUT) to one call only, and the other flow's next call then
+        fails with "Broken pipe" (or its receive sees a plain end).  So for
+        a consequential error the other flow's error is looked at, and the
+        socket asked whether the kernel was still retransmitting or probing
+        when the connection ended (:func:`punchcat.sockopts.gave_up`)."""
+        if not isinstance(exc, LinkLost) or exc.errno not in (errno.EPIPE, errno.ECONNRESET,
+                                                              None):
+            return exc
         try:
-            write_all(fd, leftover)
-        except OSError as exc:
-            raise OutputFailed.from_os(exc) from None
-        stats.received += len(leftover)
-    if channel.plain and HAVE_SPLICE and kind(fd) in ("pipe", "file", "socket"):
-        _down_splice(channel, fd, stats)
-    else:
-        _down_copy(channel, fd, stats)
-    if sink_eof is not None:
-        sink_eof()
-
-
-def _down_copy(channel, fd: int, stats: Stats) -> None:
-    if kind(fd) == "pipe":
-        grow_pipe(fd, PIPE_SIZE)
-    buf = bytearray(BUFSIZE)
-    view = memoryview(buf)
-    while True:
-        n = channel.recv_into(buf)
-        if n == 0:
-            return
-        try:
-            write_all(fd, view[:n])
-        except OSError as exc:
-            raise OutputFailed.from_os(exc) from None
-        stats.received += n
-
-
-def _down_splice(channel, fd: int, stats: Stats) -> None:
-    """Socket to *fd* through a pipe of our own, even when *fd* is a pipe.
-
-    A splice from a socket straight into the output pipe would wait for
-    network data while holding that pipe's lock, and a reader of the pipe
-    would then block in read() even though bytes are there: a protocol
-    where each side waits for the other's answer (ssh) would deadlock.
-    Our own pipe has no other reader, and the second splice only moves
-    bytes that are already there.
-    """
-    if kind(fd) == "pipe":
-        grow_pipe(fd, PIPE_SIZE)
-    _splice_through(channel.fileno(), fd, stats.count_received,
-                    lambda exc: LinkLost.from_os(exc, "receiving"), OutputFailed.from_os)
-
-
-# -- both -------------------------------------------------------------------------
-
-#: How long a flow's failure waits for the other flow's, to report the cause.
-CAUSE_GRACE = 0.5
-
-
-def _first_cause(exc: PunchcatError, results: queue.Queue, channel) -> PunchcatError:
-    """The error to report when a flow failed.  When the link dies, both
-    flows fail, and the one that reports first may only have seen the
-    consequence: the kernel gives the cause (the peer stopped answering,
-    ETIMEDOUT) to one call only, and the other flow's next send then fails
-    with "Broken pipe" (or its receive sees a plain end).  So for a
-    consequential error the other flow's error is awaited briefly, and the
-    socket asked whether the kernel was still retransmitting or probing
-    when the connection ended (:func:`punchcat.sockopts.gave_up`)."""
-    if not isinstance(exc, LinkLost) or exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+            other = link.results.get(timeout=CAUSE_GRACE)
+        except queue.Empty:
+            other = None
+        if isinstance(other, LinkLost) and other.errno == errno.ETIMEDOUT:
+            return other
+        if isinstance(other, (PeerStopped, RemoteProtocolError)):
+            return other
+        if gave_up(link.channel.sock):
+            return LinkLost.from_os(OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)),
+                                    exc.doing or "receiving")
         return exc
-    try:
-        other = results.get(timeout=CAUSE_GRACE)
-    except queue.Empty:
-        other = None
-    if isinstance(other, LinkLost) and other.errno == errno.ETIMEDOUT:
-        return other
-    if gave_up(channel.sock):
-        return LinkLost.from_os(OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)),
-                                exc.doing)
-    return exc
+
+    def _flow(self, link: _Link, flow, *args) -> None:
+        try:
+            flow(link, *args)
+            link.results.put(None)
+        except _Stop as exc:
+            link.results.put(exc)
+        except PunchcatError as exc:
+            if link.stop.is_set() and isinstance(exc, LinkLost):
+                link.results.put(_Stop())    # the link was let go under it
+            else:
+                link.results.put(exc)
+        except BaseException as exc:      # a bug: report it rather than hang
+            link.results.put(PunchcatError(f"internal error in the relay: {exc!r}"))
+
+    # -- input -> net ----------------------------------------------------------------
+    def _send(self, link: _Link) -> None:
+        channel, off = link.channel, self.offsets
+        if link.opening:
+            channel.send_parts(link.opening)
+        by_position = self.input.by_position(channel.plain)
+        while True:
+            if link.stop.is_set():
+                raise _Stop()
+            with self._lock:
+                ack = off.ack() if off.ack_due() else None
+                done = off.finished()
+            if ack is not None:
+                channel.send_parts([ack])
+                continue
+            if done:
+                return
+            if not link.peer_resumed:
+                link.wait()                 # nothing goes before we know where the peer is
+                continue
+            with self._lock:
+                pending = (self._known_end(by_position) - off.sent)
+                eof_now = self.input.ended and pending == 0 and not off.eof_sent
+            if pending > 0:
+                self._send_data(channel, by_position, pending)
+            elif eof_now:
+                with self._lock:
+                    off.eof = off.sent
+                    off.eof_sent = True
+                channel.send_parts([stream.position_record(stream.EOF, off.eof)])
+            elif not self.input.ended and (by_position or self._ring.room()):
+                self._take_input(link, by_position)
+            else:
+                link.wait()                 # ring full, or all sent: an ACK or the end
+
+    def _known_end(self, by_position: bool) -> int:
+        """One past the last position this side could send now."""
+        return self._size if by_position else self._ring.end
+
+    def _take_input(self, link: _Link, by_position: bool) -> None:
+        if by_position:
+            size = self.input.size()
+            if size <= self._size:
+                self.input.ended = True     # like cat: what comes after the end is not sent
+            self._size = max(self._size, size)
+            return
+        if not self.input.wait(link.wake_r):
+            link.drain()
+            return                          # woken: an ACK to send, or the stop
+        n = self.input.read_into(self._ring.writable())
+        with self._lock:
+            self._ring.wrote(n)
+
+    def _send_data(self, channel, by_position: bool, pending: int) -> None:
+        """The next DATA record.  Its bytes count as sent before they go: the
+        peer may confirm them before this call returns, and a send that
+        fails breaks the link, whose successor starts from the peer's word."""
+        off = self.offsets
+        if by_position:
+            n = min(pending, CHUNK)
+            with self._lock:
+                start = off.sent
+                off.sent += n
+            channel.send_parts([stream.data_header(n)], more=True)
+            done = 0
+            while done < n:
+                done += self.input.sendfile(channel.fileno(), start + done, n - done)
+            return
+        with self._lock:
+            view = self._ring.span(off.sent, min(pending, stream.MAX_DATA))
+            off.sent += len(view)
+        channel.send_parts([stream.data_header(len(view)), view])
+
+    # -- net -> output ----------------------------------------------------------------
+    def _receive(self, link: _Link, leftover: bytes) -> None:
+        channel, rx = link.channel, stream.Receiver()
+        handle = lambda event: self._event(link, event)   # noqa: E731
+        if leftover:
+            rx.feed(leftover, handle)
+        splice = self.output.can_splice(channel.plain)
+        view = memoryview(self._buf)
+        while not self.finished():
+            pending = rx.payload_pending()
+            if splice and pending:
+                n = self.output.splice_from(channel.fileno(), min(pending, CHUNK))
+                if n == 0:
+                    return self._link_ended()
+                rx.payload_moved(n)
+                self._took(link, n)
+                continue
+            size = rx.header_needed() if splice else BUFSIZE
+            n = channel.recv_into(view[:size])
+            if n == 0:
+                return self._link_ended()
+            rx.feed(view[:n], handle)
+
+    def _link_ended(self) -> None:
+        if not self.finished():
+            raise LinkLost("connection lost while receiving: the link ended before the "
+                           "stream did")
+
+    def _took(self, link: _Link, n: int) -> None:
+        with self._lock:
+            self.offsets.took(n)
+            due = self.offsets.ack_due()
+        if due:
+            link.wake()
+
+    def _event(self, link: _Link, event) -> None:
+        first, link.first = link.first, False
+        if link.resuming and first and not isinstance(event, (stream.Resume, stream.Abort)):
+            raise RemoteProtocolError("the stream: a resumed link must begin with RESUME")
+        if isinstance(event, stream.Data):
+            self.output.write(event.data)
+            self._took(link, len(event.data))
+        elif isinstance(event, stream.Ack):
+            with self._lock:
+                self.offsets.peer_acked(event.position)
+                self._ring.release(min(self.offsets.acked, self._ring.end))
+            link.wake()
+        elif isinstance(event, stream.Eof):
+            with self._lock:
+                self.offsets.peer_ended(event.total)
+            self.output.end()
+            link.wake()
+        elif isinstance(event, stream.Resume):
+            if not (link.resuming and first):
+                raise RemoteProtocolError("the stream: RESUME in the middle of a link")
+            with self._lock:
+                self.offsets.resume_from(event.position)
+                self._ring.release(min(self.offsets.acked, self._ring.end))
+            link.peer_resumed = True
+            link.wake()
+        elif isinstance(event, stream.Key):
+            if self.peer_key is not None:
+                raise RemoteProtocolError("the stream: a second KEY")
+            self.peer_key = event.material
+        elif isinstance(event, stream.Abort):
+            raise PeerStopped(f"the peer stopped: {printable(event.reason) or 'no reason given'}")
 
 
 def relay(channel, source_fd: int, sink_fd: int, leftover: bytes = b"",
           sink_eof: Callable[[], None] | None = None,
           progress: Callable[[Stats], None] | None = None) -> Stats:
-    """Relay until both directions are done; raises on the first failure.
-
-    *source_fd* is read and sent to the peer (stdin, or a target socket);
-    what the peer sends is written to *sink_fd* (stdout, or the same socket),
-    starting with *leftover*.  *sink_eof* is called when the peer has ended
-    its side (to pass the half-close on to a socket).  *progress* is called
-    about twice a second while data moves (for a progress line).
-    """
-    stats = Stats()
-    results: queue.Queue = queue.Queue()
-
-    def run(flow, *args) -> None:
-        try:
-            flow(*args)
-            results.put(None)
-        except PunchcatError as exc:
-            results.put(exc)
-        except BaseException as exc:      # a bug: report it rather than hang
-            results.put(PunchcatError(f"internal error in the relay: {exc!r}"))
-
-    threads = [threading.Thread(target=run, args=(_up, channel, source_fd, stats), daemon=True),
-               threading.Thread(target=run, args=(_down, channel, sink_fd, leftover, stats,
-                                                  sink_eof), daemon=True)]
-    for t in threads:
-        t.start()
+    """One link, no resuming: relay until both directions are done; raises
+    on the first failure (tests and benchmarks of the relay alone)."""
+    pipe = PipeStream(source_fd, sink_fd, sink_eof)
     try:
-        for _ in threads:
-            while True:
-                try:
-                    exc = results.get(timeout=0.5)
-                    break
-                except queue.Empty:
-                    check_interrupted()
-                    if progress is not None:
-                        progress(stats)
-            if exc is not None:
-                raise _first_cause(exc, results, channel)
+        pipe.run_link(channel, leftover, progress=progress)
     finally:
-        stats.ended = time.monotonic()
+        pipe.stats.ended = time.monotonic()
+        pipe.close()
         channel.close()
-    return stats
+    return pipe.stats
 
 
-def serve_raw(channel, target: Endpoint, reporter, initial: bytes = b"") -> Stats:
-    """-c against a peer in pipe mode (ssh's ProxyCommand): one session,
-    relayed raw between the link and a connection to *target*."""
+def connect_target(target: Endpoint) -> socket.socket:
+    """-c against a peer in pipe mode (ssh's ProxyCommand): the one raw
+    session's connection to *target*."""
     try:
         local = socket.create_connection((target.host, target.port), timeout=CONNECT_TIMEOUT)
     except OSError as exc:
-        channel.close()
         raise PunchcatError(f"cannot connect to {target}: {exc.strerror or exc}") from None
     local.settimeout(None)
-    reporter.info(f"session to {target}")
-    try:
-        return relay(channel, local.fileno(), local.fileno(), initial,
-                     sink_eof=lambda: local.shutdown(socket.SHUT_WR))
-    finally:
-        local.close()
+    return local
+
+
+__all__ = ["PipeStream", "Stats", "connect_target", "relay", "InputFailed", "OutputFailed"]

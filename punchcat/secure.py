@@ -25,15 +25,25 @@ Construction (see also the README's design note)
    offline: a peer without the secret gets one guess per run of the real
    peer, and that run fails.  So no slow hash is needed and a short code
    (:func:`punchcat.secret.generate_code`) is a sound secret.  Codes are
-   compared by their digits (:func:`punchcat.secret.normalize_secret`).  A wrong secret, a malformed SRP
-   message or the peer leaving during the exchange is "authentication
-   failed" on both sides, and no payload byte is delivered before both
-   checks have passed (the leader's data waits for M2 in the SSL object).
-3. *Stream.*  Inside TLS every write is one frame ``length (4 bytes) | bytes``
-   and a frame of length 0 ends the stream.  TLS 1.2 cannot half-close (no
-   data may follow a close_notify), and the end marker, being encrypted and
-   authenticated, also tells a real end from a truncation: a connection that
-   ends without it is an error.
+   compared by their digits (:func:`punchcat.secret.normalize_secret`).  A
+   wrong secret, a malformed SRP message or the peer leaving during the
+   exchange is "authentication failed" on both sides, and no payload byte
+   is delivered before both checks have passed (the leader's data waits for
+   M2 in the SSL object).  Both sides then derive the stream's *resume key*
+   from the SRP session key and this link's channel binding
+   (:func:`punchcat.resume.key_from_srp`).
+3. *Stream.*  Inside TLS travel the stream's records (:mod:`punchcat.stream`),
+   whose EOF, being encrypted and authenticated, tells a real end from a
+   truncation: a link that closes without it broke, and the stream resumes
+   on a new one or fails.  TLS 1.2 cannot half-close (no data may follow a
+   close_notify); the records do not need it.
+4. *A new link for the same stream* (after a break, or from a relay to a
+   direct path) runs step 1 afresh and, instead of SRP, both sides prove
+   they hold the resume key: the leader sends HMAC(key, "leader" | binding
+   | hellos), the follower checks it and only then sends its own
+   (:class:`punchcat.resume.Prover`).  The key is 256 random-looking bits
+   known to the two ends only, so nothing can be guessed, and the binding
+   keeps a man in the middle from relaying the proofs.
 
 Limits: an active attacker who wins the punch can make one guess of the
 secret per run, and the real user sees that run fail.  Who talks to whom,
@@ -51,7 +61,7 @@ import struct
 import threading
 import time
 
-from . import srp
+from . import resume, srp
 from .channel import Channel, send_some
 from .errors import AuthenticationFailed, LinkLost
 from .secret import normalize_secret
@@ -59,9 +69,6 @@ from .secret import normalize_secret
 __all__ = ["AuthenticationFailed", "SecureChannel", "secure"]
 
 SUITE = "ADH-AES128-GCM-SHA256:@SECLEVEL=0"
-FRAME = struct.Struct("!I")
-#: Largest plaintext frame; bigger writes are cut.
-MAX_FRAME = 1024 * 1024
 #: The whole authentication (TLS handshake and SRP) must be done within this long.
 HANDSHAKE_TIMEOUT = 15.0
 #: TLS extension type of the extended master secret (RFC 7627).
@@ -84,100 +91,64 @@ def _context(server: bool) -> ssl.SSLContext:
 
 
 class SecureChannel(Channel):
-    """TLS over the punched connection, with the framing of step 3.
+    """TLS over the punched connection: an encrypted byte pipe.
 
-    Received bytes are decrypted straight into the caller's buffer, frame
-    headers are read separately; sent bytes are encrypted as they are, with
-    the frame header as a record of its own.
+    What it carries is the stream's records (:mod:`punchcat.stream`), which
+    also say where the stream ends: a TLS connection that closes is a link
+    that broke, never the end of the data.  Received bytes are decrypted
+    straight into the caller's buffer; sent bytes are encrypted as they
+    come, in TLS records of up to 16 KiB.
     """
 
     plain = False
 
     def __init__(self, sock: socket.socket, obj: ssl.SSLObject, incoming: ssl.MemoryBIO,
-                 outgoing: ssl.MemoryBIO):
+                 outgoing: ssl.MemoryBIO, resume_key: bytes):
         super().__init__(sock)
         self._obj, self._bio_in, self._bio_out = obj, incoming, outgoing
         self._lock = threading.Lock()        # the SSL object and its BIOs
         self._send_lock = threading.Lock()   # order of ciphertext on the socket
-        self._frame_left = 0                 # data bytes left in the current frame
-        self._head = bytearray(FRAME.size)   # a frame header being read
-        self._head_len = 0
-        self._eof = False
         self._cipher = bytearray(1 << 20)    # ciphertext read from the socket
         self._plain = bytearray(1 << 20)     # for the event loop's read()
+        #: The key a new link proves it continues this stream with (punchcat.resume).
+        self.resume_key = resume_key
 
-    # -- records ----------------------------------------------------------------
-    def _seal(self, data) -> bytes:
-        """Frame and encrypt *data* (an empty frame ends the stream)."""
-        view = memoryview(data).cast("B")
+    def _seal(self, parts) -> bytes:
         with self._lock:
             try:
-                if not view:
-                    self._obj.write(FRAME.pack(0))
-                for start in range(0, len(view), MAX_FRAME):
-                    part = view[start:start + MAX_FRAME]
-                    self._obj.write(FRAME.pack(len(part)))
-                    self._obj.write(part)
+                for part in parts:
+                    if len(part):
+                        self._obj.write(part)
             except ssl.SSLError as exc:      # the TLS session failed (e.g. a peer's alert)
                 raise LinkLost(f"the encrypted link failed ({exc.reason or exc})") from None
             return self._bio_out.read()
 
     def _decrypt_into(self, view) -> int | None:
-        """Plaintext into *view*; None when more ciphertext is needed."""
+        """Plaintext into *view*; None when more ciphertext is needed, 0 at a
+        close_notify (the link ends: the stream knows whether it should)."""
         with self._lock:
             try:
-                n = self._obj.read(len(view), view)
+                return self._obj.read(len(view), view) or None
             except ssl.SSLWantReadError:
                 return None
             except ssl.SSLZeroReturnError:
-                raise self._ended_early() from None
+                return 0
             except ssl.SSLError as exc:
                 raise LinkLost(f"the encrypted link failed its integrity check "
                                f"({exc.reason or exc})") from None
-        return n if n else None
-
-    def _pull(self, view) -> int | None:
-        """Unframed data into *view*: its length, 0 at the end of the stream,
-        None when more ciphertext is needed."""
-        while True:
-            if self._eof:
-                return 0
-            if self._frame_left:
-                n = self._decrypt_into(view[:min(len(view), self._frame_left)])
-                if n is not None:
-                    self._frame_left -= n
-                return n
-            n = self._decrypt_into(memoryview(self._head)[self._head_len:])
-            if n is None:
-                return None
-            self._head_len += n
-            if self._head_len < FRAME.size:
-                continue
-            self._head_len = 0
-            (length,) = FRAME.unpack(self._head)
-            if length > MAX_FRAME:
-                raise LinkLost("the encrypted link carried a malformed frame")
-            if length == 0:
-                self._eof = True
-            self._frame_left = length
 
     def _feed(self, n: int) -> None:
-        if n == 0:
-            raise self._ended_early()
         with self._lock:
             self._bio_in.write(memoryview(self._cipher)[:n])
 
-    def _ended_early(self) -> LinkLost:
-        return LinkLost("the connection ended without the peer's end of stream "
-                        "(truncated or cut)")
-
     # -- blocking (relay threads) ---------------------------------------------------
     def recv_into(self, buf) -> int:
-        """Blocks until some data (or the end); then takes all that is decrypted."""
+        """Blocks until some plaintext (or the link's end, 0); then takes all
+        that is decrypted."""
         view = memoryview(buf).cast("B")
         total = 0
         while total < len(view):
-            n = self._pull(view[total:])
+            n = self._decrypt_into(view[total:])
             if n:
                 total += n
                 continue
@@ -187,54 +158,48 @@ class SecureChannel(Channel):
                 got = self.sock.recv_into(self._cipher)
             except OSError as exc:
                 raise LinkLost.from_os(exc, "receiving") from None
+            if not got:
+                break
             self._feed(got)
         return total
 
-    def sendall(self, data) -> None:
+    def send_parts(self, parts, more: bool = False) -> None:
+        """Encrypt *parts* (bytes-like) and send them, in order."""
         with self._send_lock:
             try:
-                self.sock.sendall(self._seal(data))
-            except OSError as exc:
-                raise LinkLost.from_os(exc, "sending") from None
-
-    def shutdown_write(self) -> None:
-        """Send the authenticated end of stream (after anything still queued)."""
-        with self._send_lock:
-            queued = b"".join(bytes(part) for part in self._out)
-            self._out.clear()
-            self._out_bytes = 0
-            try:
-                self.sock.sendall(queued + self._seal(b""))
+                self.sock.sendall(self._seal(parts))
             except OSError as exc:
                 raise LinkLost.from_os(exc, "sending") from None
 
     # -- non-blocking (mux event loop) ----------------------------------------------
     def read(self, size: int = 1 << 20) -> bytes | None:
-        """Data available now; b"" at the end of the stream; None if none yet."""
+        """Plaintext available now; b"" at the link's end; None if none yet."""
         view = memoryview(self._plain)[:size]
-        total = 0
+        total, ended = 0, False
         while total < len(view):
-            n = self._pull(view[total:])
-            if n == 0:
-                break
-            if n is not None:
+            n = self._decrypt_into(view[total:])
+            if n:
                 total += n
                 continue
+            if n == 0:
+                ended = True
+                break
             try:
                 got = self.sock.recv_into(self._cipher)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 raise LinkLost.from_os(exc, "receiving") from None
-            if got == 0 and total:
-                break                       # deliver what we have; the end comes next
+            if not got:
+                ended = True
+                break
             self._feed(got)
         if total:
             return view[:total]           # reused by the next call (see Channel.read)
-        return b"" if self._eof else None
+        return b"" if ended else None
 
     def queue(self, buffers) -> None:
-        sealed = self._seal(b"".join(buffers))       # join takes the views as they are
+        sealed = self._seal(buffers)
         self._out.append(memoryview(sealed))
         self._out_bytes += len(sealed)
 
@@ -428,16 +393,20 @@ def _send(wire: _Deadline, obj, outgoing, data: bytes = b"") -> None:
         wire.sendall(outgoing.read())
 
 
-def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
-           peer_hello: bytes, leftover: bytes,
-           timeout: float = HANDSHAKE_TIMEOUT) -> SecureChannel:
+def secure(sock: socket.socket, secret: str | None, leader: bool, local_hello: bytes,
+           peer_hello: bytes, leftover: bytes, timeout: float = HANDSHAKE_TIMEOUT, *,
+           resume_key: bytes | None = None) -> SecureChannel:
     """Run steps 1 and 2 on the agreed connection; return the encrypted channel.
 
-    *secret* goes through :func:`punchcat.secret.normalize_secret`.  The whole of it, TLS handshake and SRP, must be done within *timeout*
-    seconds, however slowly the peer sends.  Raises
-    :class:`AuthenticationFailed` for any failure before the channel exists.
+    With *secret* (through :func:`punchcat.secret.normalize_secret`) step 2
+    is SRP-6a; on a link that continues a stream, with its *resume_key*
+    instead, each side proves it holds that key (:func:`punchcat.resume.proof`
+    over the same channel binding and hellos: a random 256-bit key, so no
+    exponentiation is needed and nothing can be guessed).  The whole of it,
+    TLS handshake and proofs, must be done within *timeout* seconds, however
+    slowly the peer sends.  Raises :class:`AuthenticationFailed` for any
+    failure before the channel exists.
     """
-    password = normalize_secret(secret).encode("utf-8", "surrogateescape")
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = _context(server=not leader).wrap_bio(incoming, outgoing, server_side=not leader)
     scan = ServerFlightScan()
@@ -445,15 +414,19 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
     if leader:
         scan.feed(leftover)
     wire = _Deadline(sock, timeout)
-    machine: srp.SrpClient | srp.SrpServer | None = None
+    if resume_key is not None:
+        side = resume.Prover(resume_key, leader)
+    else:
+        password = normalize_secret(secret).encode("utf-8", "surrogateescape")
+        side = None
 
-    def prepare() -> srp.SrpClient | srp.SrpServer:
+    def prepare():
         """The SRP side, made (A, resp. salt and B) the first time TLS waits
         for the peer, so that the exponentiations overlap the round trip."""
-        nonlocal machine
-        if machine is None:
-            machine = srp.SrpClient(password) if leader else srp.SrpServer(password)
-        return machine
+        nonlocal side
+        if side is None:
+            side = srp.SrpClient(password) if leader else srp.SrpServer(password)
+        return side
     try:
         while True:
             try:
@@ -489,21 +462,30 @@ def secure(sock: socket.socket, secret: str, leader: bool, local_hello: bytes,
         binding = obj.get_channel_binding("tls-unique")
         hellos = local_hello + peer_hello if leader else peer_hello + local_hello
         side = prepare()
-        if isinstance(side, srp.SrpClient):
+        if isinstance(side, (srp.SrpClient, resume.Prover)) and leader:
             _send(wire, obj, outgoing)
-            response = side.respond(_recv_exactly(wire, side.expect, obj, incoming),
-                                    binding, hellos)
+            if isinstance(side, srp.SrpClient):
+                response = side.respond(_recv_exactly(wire, side.expect, obj, incoming),
+                                        binding, hellos)
+            else:
+                response = side.claim(binding, hellos)
             _send(wire, obj, outgoing, response)
             side.confirm(_recv_exactly(wire, side.expect, obj, incoming))
-        else:
+        elif isinstance(side, srp.SrpServer):
             _send(wire, obj, outgoing, side.challenge)       # with TLS's Finished
             confirmation = side.verify(_recv_exactly(wire, side.expect, obj, incoming),
                                        binding, hellos)
             _send(wire, obj, outgoing, confirmation)
+        else:
+            _send(wire, obj, outgoing)                       # TLS's Finished
+            confirmation = side.verify(_recv_exactly(wire, side.expect, obj, incoming),
+                                       binding, hellos)
+            _send(wire, obj, outgoing, confirmation)
+        key = resume_key if resume_key is not None else resume.key_from_srp(side.key, binding)
     except socket.timeout:
         raise AuthenticationFailed(f"authentication failed: the peer did not complete it "
                                    f"within {timeout:g} s") from None
     except OSError as exc:
         raise AuthenticationFailed(f"authentication failed: {exc.strerror or exc}") from None
     sock.settimeout(None)
-    return SecureChannel(sock, obj, incoming, outgoing)
+    return SecureChannel(sock, obj, incoming, outgoing, key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 
@@ -24,7 +25,8 @@ from .forward import serve
 from .handshake import Mode, session_tag
 from .options import Options
 from .peerlock import PeerLock
-from .relay import relay, serve_raw
+from .durable import DurableLink
+from .relay import PipeStream, connect_target
 from .schedule import article_plan
 from .status import VERBOSE, Reporter, show_progress, transfer_line
 from .traverse import hops
@@ -82,7 +84,7 @@ def _run(opts: Options, reporter: Reporter, listener) -> None:
                           f"{address} in {time.monotonic() - started:.2f} s")
             sockopts.prepare_link(done.link.sock, opts.keepalive)
             try:
-                use_link(done, opts, reporter, listener)
+                use_link(done, opts, reporter, listener, peers, routes)
             finally:
                 done.link.wait_tidy()
         except AuthenticationFailed as exc:
@@ -125,33 +127,43 @@ def end_output() -> None:
         os.close(null)
 
 
-def use_link(done: Connected, opts: Options, reporter: Reporter, listener) -> None:
-    """Move data over the agreed channel, as this side's mode says."""
-    channel, leftover, link = done.channel, done.leftover, done.link
-    try:
-        if opts.mode == Mode.PIPE:
-            # stdin/stdout
-            try:
-                stats = relay(channel, sys.stdin.fileno(), sys.stdout.fileno(), leftover,
-                              progress=lambda st: show_progress(reporter, st))
-            finally:
-                reporter.clear()
-                end_output()
-        elif link.peer.mode == Mode.PIPE:
-            # -c serving a plain pipe (e.g. ssh's ProxyCommand): one raw session
-            stats = serve_raw(channel, opts.connect, reporter, leftover)
-        else:
-            # -L or -c against the other: multiplexed sessions
-            served = serve(channel, opts.mode == Mode.LISTEN, reporter, listener=listener,
-                           target=opts.connect, initial=leftover,
-                           max_sessions=opts.max_sessions,
-                           half_close_timeout=opts.half_close_timeout)
-            reporter.info(f"link ended after {served} sessions")
-            return
-    except LinkLost as exc:
-        if link.via:
-            raise LinkLost(f"the relay {link.via} closed the link ({exc})", exc.errno,
-                           exc.doing) from None
-        raise
+def use_link(done: Connected, opts: Options, reporter: Reporter, listener, peers, routes) -> None:
+    """Move data over the agreed channel, as this side's mode says; the
+    stream outlives a broken link (:mod:`punchcat.durable`)."""
+    if opts.mode == Mode.PIPE:
+        # stdin/stdout
+        flow = PipeStream(sys.stdin.fileno(), sys.stdout.fileno())
+        try:
+            DurableLink(opts, peers, routes, reporter, done, flow,
+                        progress=lambda st: show_progress(reporter, st)).run()
+        finally:
+            flow.stats.ended = time.monotonic()
+            reporter.clear()
+            end_output()
+            flow.close()
+    elif done.link.peer.mode == Mode.PIPE:
+        # -c serving a plain pipe (e.g. ssh's ProxyCommand): one raw session
+        try:
+            local = connect_target(opts.connect)
+        except PunchcatError:
+            done.channel.close()
+            raise
+        reporter.info(f"session to {opts.connect}")
+        flow = PipeStream(local.fileno(), local.fileno(),
+                          sink_eof=lambda: local.shutdown(socket.SHUT_WR))
+        try:
+            DurableLink(opts, peers, routes, reporter, done, flow).run()
+        finally:
+            flow.stats.ended = time.monotonic()
+            flow.close()
+            local.close()
+    else:
+        # -L or -c against the other: multiplexed sessions
+        served = serve(done.channel, opts.mode == Mode.LISTEN, reporter, listener=listener,
+                       target=opts.connect, initial=done.leftover,
+                       max_sessions=opts.max_sessions,
+                       half_close_timeout=opts.half_close_timeout)
+        reporter.info(f"link ended after {served} sessions")
+        return
     if opts.stats or opts.level >= VERBOSE:
-        reporter.notice(f"{transfer_line(stats)}, {done.path}")
+        reporter.notice(f"{transfer_line(flow.stats)}, {done.path}")

@@ -33,7 +33,9 @@ after a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import threading
 from dataclasses import dataclass
 
 from .netns import LabUnavailable, Namespaces, missing_prerequisites
@@ -131,9 +133,15 @@ table inet lab {{
     }}
 }}
 """
-    if side.nat != "none":
-        flags = " fully-random" if side.nat == "random" else ""
-        rules += f"""
+    return rules + _nat_table(side)
+
+
+def _nat_table(side: Side) -> str:
+    """The router's NAT (none for a public host)."""
+    if side.nat == "none":
+        return ""
+    flags = " fully-random" if side.nat == "random" else ""
+    return f"""
 table ip labnat {{
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
@@ -141,7 +149,6 @@ table ip labnat {{
     }}
 }}
 """
-    return rules
 
 
 # IPv6 (with ipv6=True): no NAT, every host has a public address; the routers
@@ -164,6 +171,7 @@ class Lab(Namespaces):
         self.wan = {s: (_WAN_MAPPED if self.sides[s].portmap in OFFERS else _WAN)[s]
                     for s in "ab"}
         self.daemons: list = []       # miniupnpd and relays, stopped on close
+        self.timers: list = []        # outages to end later, cancelled on close
         super().__init__()
 
     # -- addresses ---------------------------------------------------------
@@ -248,6 +256,9 @@ class Lab(Namespaces):
         return re.findall(r"dport \d+ dnat ip to [\d.:]+", listing)
 
     def close(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
         for daemon in self.daemons:
             daemon.stop()
         self.daemons.clear()
@@ -284,6 +295,62 @@ table inet cut {
     chain forward { type filter hook forward priority -10; policy drop; }
 }
 """)
+
+    def restore_path(self) -> None:
+        """Undo :meth:`cut_path`: the path between the homes works again."""
+        self.sh("c1", "nft delete table inet cut")
+
+    # -- outages: what a home router does to a link when it fails --------------
+    def reboot_router(self, side: str, resets_for: float = 5.0) -> threading.Timer:
+        """*side*'s router "reboots": its connection tracking is gone, and
+        for *resets_for* seconds it answers every packet of a connection it
+        no longer knows (not a SYN) with a reset, as a rebooted router's
+        stack does; then it forwards as before (new connections only: the
+        old ones are forgotten).  Returns the timer that ends the resets."""
+        router = "ra" if side == "a" else "rb"
+        self.nft(router, """
+table inet reboot {
+    chain forward {
+        type filter hook forward priority -20; policy accept;
+        meta l4proto tcp tcp flags & (syn | ack) != syn reject with tcp reset
+    }
+}
+""")
+        self.sh(router, "conntrack -F 2>/dev/null || true")
+        return self._later(resets_for, router, "nft delete table inet reboot; "
+                                               "conntrack -F 2>/dev/null || true")
+
+    def blackhole(self, side: str, seconds: float) -> threading.Timer:
+        """*side*'s router drops every packet for *seconds* (a Wi-Fi drop, a
+        DSL resync), keeping its connection tracking; then forwards again."""
+        router = "ra" if side == "a" else "rb"
+        self.nft(router, """
+table inet blackhole {
+    chain forward { type filter hook forward priority -20; policy drop; }
+}
+""")
+        return self._later(seconds, router, "nft delete table inet blackhole")
+
+    def remap(self, side: str) -> None:
+        """*side*'s router comes back with other public ports: its
+        connection tracking is gone and from now on its NAT gives every
+        connection a random public port."""
+        router = "ra" if side == "a" else "rb"
+        self.sh(router, "nft delete table ip labnat")
+        self.sides[side] = dataclasses.replace(self.sides[side], nat="random")
+        self.nft(router, _nat_table(self.sides[side]))
+        self.sh(router, "conntrack -F 2>/dev/null || true")
+
+    def _later(self, seconds: float, role: str, script: str) -> threading.Timer:
+        """Run *script* in *role* after *seconds* (unless the lab is closed first)."""
+        def run() -> None:
+            if self._built:
+                self.sh(role, script + " 2>/dev/null || true")
+        timer = threading.Timer(seconds, run)
+        timer.daemon = True
+        timer.start()
+        self.timers.append(timer)
+        return timer
 
     def ignore_time_exceeded(self, side: str) -> None:
         """Host *side* drops ICMP time-exceeded: stands in for a kernel that
