@@ -63,11 +63,12 @@ class KernelPipe:
 
 
 class Spool(KernelPipe):
-    """Bytes read from a local socket, held in a kernel pipe until the link
-    takes them (the mux's zero-copy send path).
+    """Bytes read from a local socket, held in a kernel pipe until the mux's
+    frame for them is pulled (the forwarder reads them into the stream's
+    ring then: one copy, not two).
 
-    *filled* counts the bytes in it; *owed* those that queued frames still
-    have to send.  :meth:`release` closes it once nothing is owed.
+    *filled* counts the bytes in it; *owed* those that frames queued in the
+    mux still have to take.  :meth:`release` closes it once nothing is owed.
     """
 
     def __init__(self, size: int = 512 * 1024):
@@ -87,7 +88,8 @@ class Spool(KernelPipe):
 
 
 class Spliced:
-    """A frame payload still in a :class:`Spool`: *n* bytes to splice to the link."""
+    """A frame payload still in a :class:`Spool`: *n* bytes, read out of it
+    into the stream's retention ring (:mod:`punchcat.muxlink`)."""
 
     __slots__ = ("spool", "n")
 
@@ -196,48 +198,16 @@ class PlainChannel(Channel):
         return memoryview(self._rbuf)[:n] if n else b""
 
     def queue(self, buffers) -> None:
-        """Buffers (bytes-like) and :class:`Spliced` payloads, in order."""
+        """Buffers (bytes-like), in order; they must stay unchanged until sent."""
         for buf in buffers:
-            if isinstance(buf, Spliced):
-                buf.spool.owed += buf.n
-                self._out.append(buf)
-                self._out_bytes += buf.n
-            elif len(buf):
+            if len(buf):
                 self._out.append(memoryview(buf).cast("B"))
                 self._out_bytes += len(buf)
 
     def flush(self) -> None:
         """Write what the socket takes now."""
         while self._out:
-            head = self._out[0]
-            if isinstance(head, Spliced):
-                if not self._splice_out(head):
-                    return
-                continue
-            # Buffers up to the next spliced payload (a frame header, mostly).
-            end = next((i for i, item in enumerate(self._out) if isinstance(item, Spliced)),
-                       len(self._out))
-            batch = self._out[:end]
-            sent = send_some(self.sock, batch)
+            sent = send_some(self.sock, self._out)
             if not sent:
                 return
-            self._out[:end] = batch
             self._out_bytes -= sent
-
-    def _splice_out(self, item: Spliced) -> bool:
-        """Move a payload from its spool to the socket; False if the socket is full."""
-        try:
-            moved = os.splice(item.spool.r, self.sock.fileno(), item.n, flags=SPLICE_F_NONBLOCK)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            raise LinkLost.from_os(exc, "sending") from None
-        item.n -= moved
-        item.spool.filled -= moved
-        item.spool.owed -= moved
-        self._out_bytes -= moved
-        if item.n == 0:
-            self._out.pop(0)
-            if item.spool.closing:
-                item.spool.release()
-        return True

@@ -58,12 +58,13 @@ import selectors
 import socket
 import time
 
-from . import sockopts
+from . import sockopts, stream
 from .acceptor import Acceptor
 from .channel import HAVE_SPLICE, READ_SIZE, SPLICE_F_NONBLOCK, Spliced, Spool
 from .endpoints import CONNECT_TIMEOUT, Endpoint
-from .errors import check_interrupted
+from .errors import LinkLost, PunchcatError, check_interrupted
 from .mux import MAX_PAYLOAD, MAX_SESSIONS, WINDOW_SIZE, Credit, Data, Eof, Mux, Opened, Reset
+from .muxlink import StreamEnd
 from .rxsplice import PayloadSplicer
 
 #: Keep the link's queue topped up to about this many bytes.
@@ -114,10 +115,12 @@ class Forwarder:
     protocol itself lives in :class:`~punchcat.mux.Mux`.
     """
 
-    def __init__(self, channel, opener: bool, reporter, listener: socket.socket | None = None,
+    def __init__(self, opener: bool, reporter, listener: socket.socket | None = None,
                  target: Endpoint | None = None, max_sessions: int = MAX_SESSIONS,
                  half_close_timeout: float = 60.0):
-        self.channel = channel
+        self.channel = None                  # the current link's
+        self.link = StreamEnd()              # the mux's bytes in the stream's records
+        self.offsets = self.link.offsets
         self.mux = Mux(opener, max_sessions)
         self.reporter = reporter
         self.listener = listener
@@ -136,20 +139,35 @@ class Forwarder:
         self._spool_full: set[_Local] = set()
         self._send_open = True              # mux.queued() under SEND_BUDGET
         self._next_sweep = self.now + CHECK_INTERVAL
-        # On a plain link, a session's bytes go from the local socket to the
-        # link through a pipe of ours, by splice, never through our memory;
-        # and large payloads from the link to the local socket through rx.
-        self.zero_copy = getattr(channel, "plain", False) and HAVE_SPLICE
+        # A session's bytes go from the local socket into a pipe of ours by
+        # splice (one copy less: from there into the retention ring); on a
+        # plain link, large payloads from the link to the local socket too (rx).
+        self.zero_copy = HAVE_SPLICE
         self.rx = PayloadSplicer()
         self._spliced = False                # the last payload went by splice
+        self._wake_r, self._wake_w = socket.socketpair()   # interrupt() from another thread
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._let_go = False
 
     # -- the loop -----------------------------------------------------------
-    def run(self) -> None:
-        sock = self.channel.sock
+    def run_link(self, channel, leftover: bytes = b"", opening: list[bytes] = (),
+                 resuming: bool = False, progress=None) -> bool:
+        """Serve the sessions over *channel* until the peer ends the link
+        (True) or :meth:`interrupt` lets go of it (False); a link that breaks
+        raises :class:`LinkLost` and everything else stays for the next."""
+        self.channel = channel
+        self.link.attach(channel, list(opening), resuming)
+        self._let_go = False
+        self._spliced = False
+        sock = channel.sock
         sock.setblocking(False)
         sockopts.limit_unsent(sock, NOTSENT_LOWAT)
         try:
-            while True:
+            if leftover:
+                self.feed(leftover)
+            while not self.link.peer_done:
                 check_interrupted()
                 self.now = time.monotonic()
                 if self.now >= self._next_sweep:
@@ -163,18 +181,63 @@ class Forwarder:
                         if mask & selectors.EVENT_WRITE:
                             self._flush()
                         if mask & selectors.EVENT_READ and not self._link_readable():
-                            return
+                            break
                     elif key.data == "listener":
                         self._accept()
+                    elif key.data == "wake":
+                        self._drain_wake()
                     else:
                         self._local_event(key.data, mask)
+                if self._let_go:
+                    return False
+            self.reporter.info(self.link.peer_done)
+            return True
         finally:
-            for local in list(self.locals.values()):
-                self._close_local(local, abort=True)
-            if self.listener_events:
-                self.sel.unregister(self.listener)
-            self.sel.close()
-            self.rx.close()
+            if self.link_events:
+                self.sel.unregister(sock)
+                self.link_events = 0
+            self.channel = None
+
+    def interrupt(self) -> None:
+        """Let go of the current link (from another thread): run_link returns False."""
+        self._let_go = True
+        try:
+            self._wake_w.send(b"!")
+        except OSError:
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    @property
+    def peer_key(self) -> bytes | None:
+        return self.link.peer_key
+
+    def abort(self, channel, reason: str) -> None:
+        """Tell the peer this side stops for *reason* (best effort, at most a second)."""
+        try:
+            channel.sock.setblocking(True)
+            channel.sock.settimeout(1.0)
+            channel.send_parts([stream.abort_record(reason)])
+        except (OSError, PunchcatError):
+            pass
+
+    def close(self) -> None:
+        """The end of the run: every local connection is reset, the loop's
+        resources freed."""
+        for local in list(self.locals.values()):
+            self._close_local(local, abort=True)
+        if self.listener_events:
+            self.sel.unregister(self.listener)
+            self.listener_events = 0
+        self.sel.close()
+        self.rx.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _timeout(self) -> float:
         wake = min(self._next_sweep, self.now + CHECK_INTERVAL)
@@ -184,9 +247,15 @@ class Forwarder:
         return max(0.0, wake - time.monotonic())
 
     def _fill_link(self) -> None:
-        """Move frames from the mux to the link and set the link's interest."""
-        while self.channel.backlog() < LINK_LOW_WATER and self.mux.wants_to_write():
-            self.channel.queue(self.mux.pull())
+        """Move frames from the mux into the stream, the stream's records to
+        the link, and set the link's interest."""
+        while self.mux.wants_to_write():
+            # pull() may go a frame and the control backlog beyond its budget
+            budget = self.link.room() - MAX_PAYLOAD - CONTROL_LIMIT - 4096
+            if budget <= 0:
+                break
+            self.link.put(self.mux.pull(min(budget, 4 * MAX_PAYLOAD)))
+        self.link.fill(LINK_LOW_WATER)
         if self.channel.backlog():
             self._flush()
         send_open = self.mux.queued() < SEND_BUDGET
@@ -250,8 +319,7 @@ class Forwarder:
                 moved = self._splice_payload()
                 if moved is not None:
                     if moved < 0:
-                        self.reporter.info("the peer closed the link")
-                        return False
+                        return self._link_ended()
                     if moved == 0:
                         return True
                     continue
@@ -261,11 +329,17 @@ class Forwarder:
             if data is None:
                 return True
             if not data:
-                self.reporter.info("the peer closed the link")
-                return False
+                return self._link_ended()
             self._spliced = False
             self.feed(data)
+            if self.link.peer_done:
+                return False
         return True
+
+    def _link_ended(self) -> bool:
+        if self.link.peer_done:
+            return False
+        raise LinkLost("connection lost while receiving: the link ended before the stream did")
 
     def _splice_payload(self) -> int | None:
         """Move the rest of a large DATA payload from the link to its local
@@ -274,15 +348,17 @@ class Forwarder:
         (no large payload pending, or its local end has a backlog or is
         still connecting: the copying path serves those)."""
         pending = self.mux.payload_pending()
-        if pending is None or pending[1] < SPLICE_MIN:
+        left = min(pending[1], self.link.data_pending()) if pending is not None else 0
+        if not self.channel.plain or left < SPLICE_MIN:
             return None
-        sid, left = pending
+        sid = pending[0]
         local = self.locals.get(sid)
         if local is None or local.out or local.connecting:
             return None
         n = self.rx.pull(self.channel.sock.fileno(), left)
         if n <= 0:
             return n
+        self.link.moved(n)
         self.mux.payload_moved(n)
         self._spliced = True
         moved, rest, error = self.rx.push(local.sock.fileno(), n)
@@ -300,7 +376,7 @@ class Forwarder:
 
     def feed(self, data) -> None:
         """Bytes from the link (also what arrived with the commit)."""
-        self.mux.receive_into(data, self._mux_event)
+        self.link.feed(data, lambda view: self.mux.receive_into(view, self._mux_event))
 
     def _mux_event(self, event) -> None:
         if isinstance(event, Opened):
@@ -436,6 +512,7 @@ class Forwarder:
                 n = os.splice(local.sock.fileno(), local.tx.w, want, flags=SPLICE_F_NONBLOCK)
                 if n:
                     local.tx.filled += n
+                    local.tx.owed += n
                     local.active = self.now
                     self.mux.send_external(local.sid, Spliced(local.tx, n))
                     return
@@ -505,7 +582,10 @@ class Forwarder:
         else:
             local.sock.close()
         if local.tx is not None:
-            local.tx.release()           # closed once queued frames have left
+            if abort:
+                local.tx.close()         # the mux dropped the session's queued frames
+            else:
+                local.tx.release()       # closed once queued frames have gone to the ring
         if tell_peer and (abort or reason):
             self.mux.reset(local.sid, reason)
 
@@ -513,16 +593,18 @@ class Forwarder:
 def serve(channel, opener: bool, reporter, listener=None, target: Endpoint | None = None,
           initial: bytes = b"", max_sessions: int = MAX_SESSIONS,
           half_close_timeout: float = 60.0) -> int:
-    """Run the forwarder until the link ends; returns how many sessions it served.
-
-    *initial* is what arrived with the commit.  Raises :class:`LinkLost` when
-    the link breaks (reset, timeout).
-    """
-    forwarder = Forwarder(channel, opener, reporter, listener=listener, target=target,
+    """One link, no resuming: run the forwarder until the link ends; returns
+    how many sessions it served (tests of the forwarder alone).  Raises
+    :class:`LinkLost` when the link breaks (reset, timeout)."""
+    forwarder = Forwarder(opener, reporter, listener=listener, target=target,
                           max_sessions=max_sessions, half_close_timeout=half_close_timeout)
     try:
-        forwarder.feed(initial)
-        forwarder.run()
+        forwarder.run_link(channel, initial)
+    except PunchcatError as exc:
+        if not isinstance(exc, LinkLost):
+            forwarder.abort(channel, str(exc))
+        raise
     finally:
-        channel.finish()
+        forwarder.close()
+        channel.close()
     return forwarder.sessions_served

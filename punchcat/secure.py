@@ -163,6 +163,9 @@ class SecureChannel(Channel):
             self._feed(got)
         return total
 
+    def sendall(self, data) -> None:
+        self.send_parts([data])
+
     def send_parts(self, parts, more: bool = False) -> None:
         """Encrypt *parts* (bytes-like) and send them, in order."""
         with self._send_lock:

@@ -21,7 +21,7 @@ from .backoff import Backoff
 from .connect import Connected, clock, connect
 from .endpoints import listen_socket
 from .errors import AuthenticationFailed, Interrupted, LinkLost, PunchcatError, check_interrupted
-from .forward import serve
+from .forward import Forwarder
 from .handshake import Mode, session_tag
 from .options import Options
 from .peerlock import PeerLock
@@ -159,11 +159,14 @@ def use_link(done: Connected, opts: Options, reporter: Reporter, listener, peers
             local.close()
     else:
         # -L or -c against the other: multiplexed sessions
-        served = serve(done.channel, opts.mode == Mode.LISTEN, reporter, listener=listener,
-                       target=opts.connect, initial=done.leftover,
-                       max_sessions=opts.max_sessions,
-                       half_close_timeout=opts.half_close_timeout)
-        reporter.info(f"link ended after {served} sessions")
+        forwarder = Forwarder(opts.mode == Mode.LISTEN, reporter, listener=listener,
+                              target=opts.connect, max_sessions=opts.max_sessions,
+                              half_close_timeout=opts.half_close_timeout)
+        try:
+            DurableLink(opts, peers, routes, reporter, done, forwarder).run()
+        finally:
+            forwarder.close()
+        reporter.info(f"link ended after {forwarder.sessions_served} sessions")
         return
     if opts.stats or opts.level >= VERBOSE:
         reporter.notice(f"{transfer_line(flow.stats)}, {done.path}")

@@ -1,8 +1,9 @@
 """The relay over local sockets: both directions, half-close, every kind of input and output.
 
-Each fast path (sendfile from a file, splice from/to a pipe, splice through a
-pipe of our own to a file or socket) and the plain copy (terminal, /dev/null,
-an encrypted channel) is checked with checksums.
+Each fast path (sendfile from a file, splice through a pipe of our own to a
+pipe, file or socket) and the plain copy (a pipe into the retention ring, a
+terminal, /dev/null, an encrypted channel) is checked with checksums.  The
+far end speaks the stream's records (tests/streampeer.py).
 """
 
 import hashlib
@@ -13,9 +14,13 @@ import time
 
 import pytest
 
+from punchcat import stream
 from punchcat.channel import PlainChannel
-from punchcat.errors import LinkLost, OutputFailed
-from punchcat.relay import kind, relay
+from punchcat.ends import kind
+from punchcat.errors import LinkLost, OutputFailed, PeerStopped
+from punchcat.relay import relay
+
+from streampeer import Peer, exchange_in_thread
 
 
 def tcp_pair():
@@ -39,20 +44,9 @@ def run_relay(sock, source_fd, sink_fd, leftover=b"", **kwargs):
     return t, box
 
 
-def read_all(sock):
-    chunks = []
-    while chunk := sock.recv(1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def send_and_close(sock, data):
-    def go():
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-    t = threading.Thread(target=go, daemon=True)
-    t.start()
-    return t
+def records(data: bytes) -> bytes:
+    """*data* as DATA records, as a peer sends it."""
+    return stream.data_header(len(data)) + data if data else b""
 
 
 def drain_fd(fd, out: list, chunk=1 << 20, pause=0.0):
@@ -85,10 +79,10 @@ def test_file_in_file_out_both_directions(tmp_path, payload):
     (tmp_path / "in").write_bytes(up)
     ours, theirs = tcp_pair()
     with open(tmp_path / "in", "rb") as fin, open(tmp_path / "out", "wb") as fout:
-        t, box = run_relay(ours, fin.fileno(), fout.fileno(), leftover=b"early:")
-        sender = send_and_close(theirs, down)
-        got = read_all(theirs)
-        sender.join()
+        t, box = run_relay(ours, fin.fileno(), fout.fileno(), leftover=records(b"early:"))
+        peer = Peer(theirs)
+        peer.off.sent = 6                     # it sent that with the commit
+        got = peer.exchange(down)
         t.join(20)
     assert "error" not in box, box
     assert sha(got) == sha(up)
@@ -104,14 +98,14 @@ def test_file_input_from_its_current_offset(tmp_path):
         fin.readline()                       # the caller consumed the first line
         os.lseek(fin.fileno(), fin.tell(), os.SEEK_SET)
         t, box = run_relay(ours, fin.fileno(), out_w)
-        got = read_all(theirs)
-        theirs.close()
+        got = Peer(theirs).exchange(b"")
         t.join(10)
     assert got == b"body" * 1000
 
 
 def test_pipe_in_pipe_out_with_half_close(payload):
-    """splice from the stdin pipe to the socket, from the socket to the stdout pipe."""
+    """The stdin pipe through the retention ring to the socket; the socket to
+    the stdout pipe by splice."""
     up, down = payload(5_000_000), payload(7_000_000)
     ours, theirs = tcp_pair()
     in_r, in_w = os.pipe()
@@ -119,10 +113,12 @@ def test_pipe_in_pipe_out_with_half_close(payload):
     t, box = run_relay(ours, in_r, out_w)
     threading.Thread(target=lambda: (os.write(in_w, up[:10]), os.write(in_w, up[10:]),
                                      os.close(in_w)), daemon=True).start()
-    got = read_all(theirs)                   # ends: stdin EOF became the peer's EOF
+    peer = Peer(theirs)
+    assert peer.pump(lambda: peer.off.peer_eof is not None)   # stdin's EOF became the peer's
+    assert bytes(peer.got) == up
     received: list = []
     reader = drain_fd(out_r, received)
-    send_and_close(theirs, down).join()
+    got = peer.exchange(down)
     t.join(20)
     os.close(out_w)
     reader.join(10)
@@ -139,9 +135,10 @@ def test_a_typed_line_is_sent_at_once():
     t, box = run_relay(ours, slave, out_w)
     os.write(master, b"hello there\n")
     theirs.settimeout(5)
-    assert theirs.recv(100) == b"hello there\n"
+    peer = Peer(theirs)
+    assert peer.read(12) == b"hello there\n"
     os.write(master, b"second line\n")
-    assert theirs.recv(100) == b"second line\n"
+    assert peer.read(12) == b"second line\n"
     theirs.close()
 
 
@@ -152,12 +149,18 @@ def test_socket_to_socket_relay(payload):
     target_ours, target_theirs = tcp_pair()
     t, box = run_relay(link_ours, target_ours.fileno(), target_ours.fileno(),
                       sink_eof=lambda: target_ours.shutdown(socket.SHUT_WR))
-    s1 = send_and_close(target_theirs, data_up)
-    s2 = send_and_close(link_theirs, data_down)
-    got_link = read_all(link_theirs)
-    got_target = read_all(target_theirs)
+    def send_and_close():
+        target_theirs.sendall(data_up)
+        target_theirs.shutdown(socket.SHUT_WR)
+    s1 = threading.Thread(target=send_and_close, daemon=True)
+    s1.start()
+    s2, box2 = exchange_in_thread(link_theirs, data_down)
+    got_target = bytearray()
+    while chunk := target_theirs.recv(1 << 20):
+        got_target += chunk
     s1.join()
-    s2.join()
+    s2.join(20)
+    got_link = box2["got"]
     t.join(20)
     assert "error" not in box, box
     assert sha(got_link) == sha(data_up)
@@ -173,7 +176,7 @@ def test_slow_reader_loses_nothing(payload):
     t, box = run_relay(ours, in_r, out_w)
     received: list = []
     reader = drain_fd(out_r, received, chunk=4096, pause=0.0005)
-    send_and_close(theirs, data).join()
+    Peer(theirs).exchange(data)
     t.join(60)
     os.close(out_w)
     reader.join(60)
@@ -185,9 +188,7 @@ def test_dev_null_in_and_out():
     ours, theirs = tcp_pair()
     with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
         t, box = run_relay(ours, null_in.fileno(), null_out.fileno())
-        assert read_all(theirs) == b""
-        theirs.sendall(b"into the void")
-        theirs.close()
+        assert Peer(theirs).exchange(b"into the void") == b""
         t.join(10)
     assert "error" not in box
     assert box["stats"].received == len(b"into the void")
@@ -202,11 +203,37 @@ def test_reset_by_peer_is_the_same_link_error_on_every_path(output):
     else:
         out_w = os.open(os.devnull, os.O_WRONLY)
     t, box = run_relay(ours, in_r, out_w)
+    Peer(theirs).send(b"some data first")
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     theirs.close()                                      # RST
     t.join(10)
     assert isinstance(box.get("error"), LinkLost)
     assert str(box["error"]) == "connection lost while receiving: Connection reset by peer"
+
+
+def test_a_link_that_ends_before_the_stream_does_is_lost_not_done(payload):
+    """Without a secret too, a cut is no longer mistaken for the end: the
+    stream's EOF says where the data ends."""
+    ours, theirs = tcp_pair()
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    t, box = run_relay(ours, in_r, out_w)
+    Peer(theirs).send(payload(100_000))
+    theirs.close()                                      # FIN, but no EOF record
+    t.join(10)
+    assert isinstance(box.get("error"), LinkLost)
+    assert "ended before the stream did" in str(box["error"])
+
+
+def test_an_abort_from_the_peer_ends_it_with_the_peers_escaped_reason():
+    ours, theirs = tcp_pair()
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    t, box = run_relay(ours, in_r, out_w)
+    theirs.sendall(stream.abort_record("cannot write output: Broken pipe\x1b[2J"))
+    t.join(10)
+    assert isinstance(box.get("error"), PeerStopped)
+    assert str(box["error"]) == "the peer stopped: cannot write output: Broken pipe\\x1b[2J"
 
 
 def test_closed_stdout_is_an_output_error(payload):
@@ -215,7 +242,7 @@ def test_closed_stdout_is_an_output_error(payload):
     out_r, out_w = os.pipe()
     os.close(out_r)                                     # nobody reads stdout
     t, box = run_relay(ours, in_r, out_w)
-    send_and_close(theirs, payload(100_000))
+    exchange_in_thread(theirs, payload(100_000))
     t.join(10)
     assert isinstance(box.get("error"), OutputFailed)
     assert str(box["error"]) == "cannot write output: Broken pipe"
@@ -227,12 +254,12 @@ def test_unix_socketpair_channel(leftover):
     ours, theirs = socket.socketpair()
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
-    t, box = run_relay(ours, in_r, out_w, leftover=leftover)
+    t, box = run_relay(ours, in_r, out_w, leftover=records(leftover))
     os.write(in_w, b"abc")
     os.close(in_w)
-    assert read_all(theirs) == b"abc"
-    theirs.sendall(b"xyz")
-    theirs.close()
+    peer = Peer(theirs)
+    peer.off.sent = len(leftover)
+    assert peer.exchange(b"xyz") == b"abc"
     t.join(10)
     os.close(out_w)
     assert os.read(out_r, 100) == leftover + b"xyz"
@@ -249,8 +276,10 @@ def test_request_and_answer_through_a_stdout_pipe():
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     t, box = run_relay(ours, in_r, out_w)
+    peer = Peer(theirs)
+    theirs.settimeout(5)
     for turn in range(3):
-        theirs.sendall(b"question %d\n" % turn)
+        peer.send(b"question %d\n" % turn)
         got = {}
         reader = threading.Thread(target=lambda: got.setdefault("line", os.read(out_r, 100)),
                                   daemon=True)
@@ -258,9 +287,10 @@ def test_request_and_answer_through_a_stdout_pipe():
         reader.join(5)
         assert got.get("line") == b"question %d\n" % turn, "the stdout reader is stuck"
         os.write(in_w, b"answer %d\n" % turn)
-        theirs.settimeout(5)
-        assert theirs.recv(100) == b"answer %d\n" % turn
+        assert peer.read(9) == b"answer %d\n" % turn
     os.close(in_w)
+    peer.send_eof()
+    assert peer.pump(peer.off.finished)
     theirs.close()
     t.join(10)
     assert "error" not in box

@@ -16,7 +16,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from punchcat import srp
+from punchcat import srp, stream
 from punchcat.errors import LinkLost, PunchcatError
 from punchcat.handshake import FLAG_SECRET, Hello
 from punchcat.relay import relay
@@ -24,6 +24,26 @@ from punchcat.secret import (generate_code, generate_secret, normalize_secret, r
                              write_secret_file)
 from punchcat.secure import (EXTENDED_MASTER_SECRET, AuthenticationFailed, SecureChannel,
                              GROUP, ServerFlightScan, _context, secure)
+
+from streampeer import Peer
+
+
+class ChannelSocket:
+    """A channel seen as a socket (for the test peer)."""
+
+    def __init__(self, channel):
+        self.channel = channel
+
+    def recv(self, size: int) -> bytes:
+        buf = bytearray(size)
+        return bytes(buf[:self.channel.recv_into(buf)])
+
+    def sendall(self, data) -> None:
+        self.channel.sendall(data)
+
+    def close(self) -> None:
+        self.channel.close()
+
 
 LEADER, FOLLOWER = Hello(b"\xee" * 16, flags=FLAG_SECRET), Hello(b"\x11" * 16, flags=FLAG_SECRET)
 HELLOS = LEADER.encode() + FOLLOWER.encode()
@@ -65,10 +85,8 @@ def test_right_secret_gives_an_encrypted_stream_both_ways():
     buf = bytearray(100)
     assert bytes(buf[:follower.recv_into(buf)]) == b"from the leader"
     assert bytes(buf[:leader.recv_into(buf)]) == b"from the follower"
-    leader.shutdown_write()
-    assert follower.recv_into(buf) == 0            # an authenticated end of stream
-    follower.sendall(b"after your end")            # half-close: the other way still works
-    assert bytes(buf[:leader.recv_into(buf)]) == b"after your end"
+    # Both derived the same resume key from SRP and this link's binding.
+    assert leader.resume_key == follower.resume_key and len(leader.resume_key) == 32
 
 
 @pytest.mark.parametrize("leader_secret, follower_secret", [("right", "wrong"), ("wrong", "right")])
@@ -125,7 +143,6 @@ def test_a_flipped_byte_is_detected_and_nothing_corrupt_is_delivered():
     def send():
         try:
             leader.sendall(payload)
-            leader.shutdown_write()
         except LinkLost:
             pass              # the follower gave up on the flipped byte: expected
     threading.Thread(target=send, daemon=True).start()
@@ -138,14 +155,26 @@ def test_a_flipped_byte_is_detected_and_nothing_corrupt_is_delivered():
     assert len(received) < 100_000
 
 
-def test_truncation_without_the_end_marker_is_an_error():
+def test_a_tcp_end_is_the_links_end_and_the_stream_calls_it_early():
+    """The channel is a byte pipe; where the data ends is the stream's EOF
+    record, encrypted and authenticated, so a cut is never an end."""
     leader, follower = both_sides("s", "s")
-    leader.sendall(b"partial")
-    leader.sock.shutdown(socket.SHUT_WR)             # the TCP end, no authenticated end
-    buf = bytearray(100)
-    assert follower.recv_into(buf) == 7
-    with pytest.raises(LinkLost, match="truncated"):
-        follower.recv_into(buf)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    result = {}
+
+    def run():
+        try:
+            relay(follower, in_r, out_w)
+        except LinkLost as exc:
+            result["error"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    leader.sendall(stream.data_header(7) + b"partial")
+    leader.sock.shutdown(socket.SHUT_WR)             # the TCP end, no EOF record
+    t.join(10)
+    assert "ended before the stream did" in str(result.get("error"))
+    assert os.read(out_r, 100) == b"partial"
 
 
 def test_the_relay_runs_over_the_secure_channel():
@@ -160,11 +189,7 @@ def test_the_relay_runs_over_the_secure_channel():
     writer = threading.Thread(target=lambda: (os.write(in_w, data[:1000]), os.write(in_w, data[1000:]),
                                               os.close(in_w)), daemon=True)
     writer.start()
-    got = bytearray()
-    buf = bytearray(1 << 20)
-    while n := follower.recv_into(buf):
-        got += buf[:n]
-    follower.shutdown_write()
+    got = Peer(ChannelSocket(follower)).exchange(b"")
     t.join(20)
     assert bytes(got) == data
 
