@@ -57,14 +57,15 @@ class Link:
 
 
 def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
-          seen: list[Observations], cancelled: Callable[[], bool] = lambda: False) -> Link:
+          seen: list[Observations], cancelled: Callable[[], bool] = lambda: False,
+          fresh_ok: bool = False) -> Link:
     """Run *techniques* and the election until one verified connection is agreed.
 
     *deadline* is a ``time.monotonic()`` instant after which we give up with
     :class:`NoConnection`, explained from *seen* (one per peer address);
     so do we as soon as *cancelled()* (a punch in the background).
     """
-    election = Election(local)
+    election = Election(local, fresh_ok)
     sel = selectors.DefaultSelector()
     conns: dict[socket.socket, float] = {}  # connection -> hello deadline
     origin: dict[socket.socket, Technique] = {}   # connection -> the technique it came from

@@ -22,6 +22,7 @@ import errno
 import fcntl
 import os
 import socket
+import time
 
 from .errors import LinkLost
 from .sockopts import PORTABLE
@@ -135,6 +136,21 @@ class Channel:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def drain(self, timeout: float) -> bool:
+        """Send what the event loop queued, blocking at most *timeout*
+        seconds; True when all of it went."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self._out:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.sock.settimeout(left)
+                self._out_bytes -= send_some(self.sock, self._out)
+        except (OSError, LinkLost):
+            return False
+        return True
 
     def backlog(self) -> int:
         return self._out_bytes

@@ -29,7 +29,7 @@ from .channel import PlainChannel
 from .endpoints import Address
 from .errors import AuthenticationFailed, PunchcatError, UsageError
 from . import resume
-from .handshake import FLAG_RESUME, FLAG_SECRET, NO_TAG, Hello, session_tag
+from .handshake import FLAG_FRESH_OK, FLAG_RESUME, FLAG_SECRET, NO_TAG, Hello, session_tag
 from .resume import prove_plain
 from .options import Options
 from .secure import HANDSHAKE_TIMEOUT, secure
@@ -70,6 +70,8 @@ class Connected:
     channel: object                  # punchcat.channel.PlainChannel or secure.SecureChannel
     leftover: bytes                  # user data that arrived with the commit
     address: str                     # the peer address it came through, or the relay's
+    #: While resuming a stream, the peer started afresh instead (-k only).
+    fresh: bool = False
 
     @property
     def path(self) -> str:
@@ -98,7 +100,7 @@ def techniques(opts: Options, peer: Address, route: hops.HopsResult, reporter: R
 def punch(opts: Options, peers: list[Address], routes: dict[Address, hops.HopsResult],
           reporter: Reporter, deadline: float, relays: bool = True,
           relay_join: float = JOIN_AFTER, stream: bytes = NO_TAG, port_guessing: bool = True,
-          cancelled: Callable[[], bool] = lambda: False) -> Link:
+          cancelled: Callable[[], bool] = lambda: False, fresh_ok: bool = False) -> Link:
     """Run the techniques toward every address of *peers*, and the relays
     (unless not *relays*; they join after *relay_join* seconds), until one
     verified connection is agreed; *stream* names the stream a new link
@@ -114,6 +116,8 @@ def punch(opts: Options, peers: list[Address], routes: dict[Address, hops.HopsRe
                              quiet=True, session=tag)
         found.append(MappedPunch(socket.AF_INET, far_v4, ports, reporter, seen[0]))
     flags = (FLAG_SECRET if opts.secret else 0) | (FLAG_RESUME if opts.resume_timeout else 0)
+    if fresh_ok and stream != NO_TAG:
+        flags |= FLAG_FRESH_OK
     hello = Hello.fresh(opts.mode, flags, session=tag, stream=stream)
     if relays:
         ports = ArticlePorts(clock, opts.clock_error, opts.run_window, opts.ports, reporter,
@@ -126,7 +130,7 @@ def punch(opts: Options, peers: list[Address], routes: dict[Address, hops.HopsRe
         found += [TransitRelay(relay, ports, hello.side_id, reporter, stream=stream,
                                join_after=relay_join, hopeless=hopeless)
                   for relay in opts.relays]
-    return agree(found, hello, deadline, reporter, seen, cancelled)
+    return agree(found, hello, deadline, reporter, seen, cancelled, fresh_ok)
 
 
 def open_channel(link: Link, secret: str | None, reporter: Reporter,
@@ -166,10 +170,13 @@ def connect(opts: Options, peers: list[Address], routes: dict[Address, hops.Hops
         link = punch(opts, peers, routes, reporter, deadline,
                      relays=relays and relay_failures < RELAY_AUTH_FAILURES,
                      relay_join=0.0 if relay_failures else JOIN_AFTER, stream=stream,
-                     port_guessing=port_guessing, cancelled=cancelled)
+                     port_guessing=port_guessing, cancelled=cancelled,
+                     fresh_ok=resume_key is not None and opts.keep_open)
         address = _address_of(link, peers)
+        fresh = resume_key is not None and link.peer.stream == NO_TAG
         try:
-            channel, leftover = open_channel(link, opts.secret, reporter, resume_key)
+            channel, leftover = open_channel(link, opts.secret, reporter,
+                                             None if fresh else resume_key)
         except AuthenticationFailed as exc:
             link.sock.close()
             link.wait_tidy()
@@ -182,7 +189,7 @@ def connect(opts: Options, peers: list[Address], routes: dict[Address, hops.Hops
         except PunchcatError:
             link.sock.close()
             raise
-        return Connected(link, channel, leftover, link.via or address)
+        return Connected(link, channel, leftover, link.via or address, fresh)
 
 
 def _address_of(link: Link, peers: list[Address]) -> str:

@@ -54,6 +54,15 @@ UPGRADE_TRY = 12.0
 UPGRADE_GUESSING = 2
 
 
+class StreamReplaced(LinkLost):
+    """While this side tried to resume the stream, the peer started afresh
+    (a new process: the old one is gone); a ``-k`` server takes the new link."""
+
+    def __init__(self, message: str, connected: Connected):
+        super().__init__(message)
+        self.connected = connected
+
+
 class DurableLink:
     """Runs a flow over one link after another (module docstring)."""
 
@@ -144,6 +153,9 @@ class DurableLink:
                            f"{max(off.received - (1 if off.peer_eof is not None else 0), 0)} "
                            f"bytes received, {min(off.acked, off.sent)} sent and confirmed"
                            ) from None
+        if done.fresh:
+            raise StreamReplaced(f"{lost}; the peer started afresh, so this stream is given "
+                                 f"up", done)
         self.reporter.warning(f"resumed on a new link ({done.path}) after "
                               f"{time.monotonic() - started:.1f} s")
         return done

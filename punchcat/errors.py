@@ -107,10 +107,14 @@ class Interrupted(PunchcatError):
 
 
 def catch_signals() -> None:
-    """SIGINT and SIGTERM end the program by :class:`Interrupted`."""
+    """SIGINT, SIGTERM and SIGHUP end the program by :class:`Interrupted`
+    (ssh ends a ProxyCommand with SIGHUP: the peer must hear of it, or it
+    would wait for the link to come back)."""
     sys.unraisablehook = quiet_unraisable
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_signal)
 
 
 def on_signal(signum: int, _frame) -> None:

@@ -67,6 +67,8 @@ from .mux import MAX_PAYLOAD, MAX_SESSIONS, WINDOW_SIZE, Credit, Data, Eof, Mux,
 from .muxlink import StreamEnd
 from .rxsplice import PayloadSplicer
 
+#: How long the last records and the ABORT may take to go when this side stops.
+ABORT_GRACE = 0.5
 #: Keep the link's queue topped up to about this many bytes.
 LINK_LOW_WATER = 2 * MAX_PAYLOAD
 #: Unsent bytes the kernel may hold for the link (TCP_NOTSENT_LOWAT): small,
@@ -218,11 +220,11 @@ class Forwarder:
         return self.link.peer_key
 
     def abort(self, channel, reason: str) -> None:
-        """Tell the peer this side stops for *reason* (best effort, at most a second)."""
+        """Tell the peer this side stops for *reason*, after the records
+        already queued (best effort, about half a second at most)."""
         try:
-            channel.sock.setblocking(True)
-            channel.sock.settimeout(1.0)
-            channel.send_parts([stream.abort_record(reason)])
+            if channel.drain(ABORT_GRACE):
+                channel.send_parts([stream.abort_record(reason)])
         except (OSError, PunchcatError):
             pass
 

@@ -95,6 +95,9 @@ FLAG_SECRET = 1
 #: Hello flag: this side punches again when the link breaks (--resume-timeout
 #: above 0); the stream is resumed only when both sides do.
 FLAG_RESUME = 2
+#: Hello flag, with a stream: this side (a ``-k`` server) resumes that stream
+#: but takes a peer that starts afresh instead (the peer's old process is gone).
+FLAG_FRESH_OK = 4
 
 #: Pairs of modes that work together: plain pipes, a -L side with a -c side
 #: (multiplexed sessions), and a pipe with a -c side (one raw session).
@@ -164,8 +167,10 @@ def parse_hello(buf: bytes) -> Hello | None:
                  bytes(buf[at + ID_LEN + TAG_LEN:HELLO_LEN]))
 
 
-def check_compatible(local: Hello, peer: Hello) -> None:
-    """Raise :class:`RemoteProtocolError` if the two sides cannot work together."""
+def check_compatible(local: Hello, peer: Hello, fresh_ok: bool = False) -> None:
+    """Raise :class:`RemoteProtocolError` if the two sides cannot work
+    together.  *fresh_ok*: this side, resuming a stream, also takes a peer
+    that starts afresh (a ``-k`` server: the peer's old process is gone)."""
     if (local.flags ^ peer.flags) & FLAG_SECRET:
         mine = "uses a secret" if local.flags & FLAG_SECRET else "has no secret"
         theirs = "the peer does not" if local.flags & FLAG_SECRET else "the peer uses one"
@@ -180,7 +185,9 @@ def check_compatible(local: Hello, peer: Hello) -> None:
     if local.session != peer.session:
         raise RemoteProtocolError("the peer runs another session (give both sides the same "
                                   "--session NAME, or none)")
-    if local.stream != peer.stream:
+    fresh = ((fresh_ok and peer.stream == NO_TAG)
+             or (local.stream == NO_TAG and peer.flags & FLAG_FRESH_OK))
+    if local.stream != peer.stream and not fresh:
         raise RemoteProtocolError(
             "the peer is resuming a stream this side does not know" if peer.stream != NO_TAG
             else "the peer started afresh, this side is resuming its stream")
@@ -260,8 +267,9 @@ class Election:
     election resumes with the others, which may emit another :class:`Won`.
     """
 
-    def __init__(self, local: Hello):
+    def __init__(self, local: Hello, fresh_ok: bool = False):
         self.local = local
+        self.fresh_ok = fresh_ok           # see check_compatible
         self._conns: dict[Hashable, _Conn] = {}
 
     def leads(self, peer: Hello) -> bool:
@@ -309,7 +317,7 @@ class Election:
             try:
                 peer = parse_hello(state.buf)
                 if peer is not None and peer.side_id != self.local.side_id:
-                    check_compatible(self.local, peer)
+                    check_compatible(self.local, peer, self.fresh_ok)
             except NotPunchcat as exc:
                 return self._drop(conn, str(exc))
             except RemoteProtocolError as exc:

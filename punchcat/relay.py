@@ -54,6 +54,8 @@ from .status import printable
 BUFSIZE = 1024 * 1024
 #: How long a flow's failure waits for the other flow's, to report the cause.
 CAUSE_GRACE = 0.5
+#: How long a signal waits for the sending thread to finish its record.
+STOP_GRACE = 0.3
 
 
 @dataclass
@@ -104,12 +106,13 @@ class _Link:
         select.select([self.wake_r], [], [])
         self.drain()
 
-    def release(self) -> None:
-        """Stop both threads: whatever they block on in the link fails now."""
+    def release(self, how: int = socket.SHUT_RDWR) -> None:
+        """Stop both threads: whatever they block on in the link fails now
+        (with SHUT_RD only the receiving side: the link can still say why)."""
         self.stop.set()
         self.wake()
         try:
-            self.channel.sock.shutdown(socket.SHUT_RDWR)
+            self.channel.sock.shutdown(how)
         except OSError:
             pass
 
@@ -133,6 +136,7 @@ class PipeStream:
         self.peer_key: bytes | None = None   # the peer's KEY material (plain links)
         self._link: _Link | None = None
         self._buf = bytearray(BUFSIZE)
+        self._can_abort = True             # no record of ours is cut off mid-way
 
     # -- the session's side ------------------------------------------------------
     def finished(self) -> bool:
@@ -160,7 +164,17 @@ class PipeStream:
         for t in threads:
             t.start()
         try:
-            first = self._wait(link, progress)
+            try:
+                first = self._wait(link, progress)
+            except BaseException:
+                # A signal: let the threads go at once, the sending one
+                # between two records if it can, so that the peer hears why.
+                link.release(socket.SHUT_RD)
+                threads[0].join(STOP_GRACE)
+                self._can_abort = not threads[0].is_alive()
+                if not self._can_abort:
+                    link.release()          # stuck mid-record: no ABORT then
+                raise
             if first is not None:
                 link.release()
                 for t in threads:
@@ -172,13 +186,14 @@ class PipeStream:
                 t.join(5)
             self._link = None
             link.close()
-            self.stats.sent = self.offsets.eof if self.offsets.eof is not None \
-                else self.offsets.sent
-            self.stats.received = self.offsets.peer_eof if self.offsets.peer_eof is not None \
-                else self.offsets.received
+            if self.offsets.peer_eof is not None:
+                self.stats.received = self.offsets.peer_eof
 
     def abort(self, channel, reason: str) -> None:
-        """Tell the peer this side stops for *reason* (best effort, never blocks long)."""
+        """Tell the peer this side stops for *reason* (best effort, never
+        blocks long; not when a record was cut off mid-way)."""
+        if not self._can_abort:
+            return
         try:
             channel.sock.settimeout(1.0)
             channel.send_parts([stream.abort_record(reason)])
@@ -310,6 +325,7 @@ class PipeStream:
             with self._lock:
                 start = off.sent
                 off.sent += n
+                self.stats.sent = max(self.stats.sent, off.sent)
             channel.send_parts([stream.data_header(n)], more=True)
             done = 0
             while done < n:
@@ -318,6 +334,7 @@ class PipeStream:
         with self._lock:
             view = self._ring.span(off.sent, min(pending, stream.MAX_DATA))
             off.sent += len(view)
+            self.stats.sent = max(self.stats.sent, off.sent)
         channel.send_parts([stream.data_header(len(view)), view])
 
     # -- net -> output ----------------------------------------------------------------
@@ -351,6 +368,7 @@ class PipeStream:
     def _took(self, link: _Link, n: int) -> None:
         with self._lock:
             self.offsets.took(n)
+            self.stats.received = self.offsets.received
             due = self.offsets.ack_due()
         if due:
             link.wake()

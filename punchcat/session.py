@@ -25,7 +25,7 @@ from .forward import Forwarder
 from .handshake import Mode, session_tag
 from .options import Options
 from .peerlock import PeerLock
-from .durable import DurableLink
+from .durable import DurableLink, StreamReplaced
 from .relay import PipeStream, connect_target
 from .schedule import article_plan
 from .status import VERBOSE, Reporter, show_progress, transfer_line
@@ -65,6 +65,7 @@ def _run(opts: Options, reporter: Reporter, listener) -> None:
         reporter.info(f"path to {peer.host}: {route.describe()} "
                       f"[{route.elapsed * 1000:.0f} ms]")
     backoff = Backoff()                 # -k: rest after a peer failed the secret
+    given: Connected | None = None       # -k: a fresh link that came while resuming
     while True:
         peers = [p for p in opts.peers if not backoff.resting(p.host, time.monotonic())]
         if not peers:
@@ -74,7 +75,8 @@ def _run(opts: Options, reporter: Reporter, listener) -> None:
         address = None
         try:
             try:
-                done = connect(opts, peers, routes, reporter, started + opts.timeout)
+                done, given = given or connect(opts, peers, routes, reporter,
+                                               started + opts.timeout), None
             except AuthenticationFailed as exc:
                 address = exc.address
                 raise
@@ -87,6 +89,9 @@ def _run(opts: Options, reporter: Reporter, listener) -> None:
                 use_link(done, opts, reporter, listener, peers, routes)
             finally:
                 done.link.wait_tidy()
+        except StreamReplaced as exc:
+            reporter.error(str(exc))
+            given = exc.connected           # the next session's link, already agreed
         except AuthenticationFailed as exc:
             if not opts.keep_open:
                 raise

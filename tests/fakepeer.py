@@ -54,7 +54,7 @@ import sys
 import threading
 import time
 
-from punchcat import connect, options, srp
+from punchcat import connect, options, srp, stream
 from punchcat.agree import Link, agree
 from punchcat.handshake import FLAG_SECRET, HELLO_LEN, Hello, Mode, parse_hello
 from punchcat.mux import DATA, HEADER, OPEN, RESET, WINDOW_SIZE, Mux
@@ -609,6 +609,8 @@ def target(kind: str, port: int) -> None:
             threading.Thread(target=handle, args=(conn, kind_now), daemon=True).start()
 
 
+#: The scenarios that speak the mux (inside the stream's records).
+MUX_SCENARIOS = {"pin", "overrun", "open-flood", "never-read", "silent-c", "reset-escapes"}
 SCENARIOS = {"pin": pin, "overrun": overrun, "open-flood": open_flood,
              "never-read": never_read, "silent-c": silent_c, "reset-escapes": reset_escapes,
              "srp-steal": srp_steal, "srp-garbage": srp_garbage, "slow-auth": slow_auth,
@@ -648,7 +650,62 @@ def main() -> None:
         channel = secure(link.sock, args.secret, link.leader, link.local.encode(),
                          link.peer.encode(), link.leftover)
         link = Link(_Plaintext(channel), link.local, link.peer, link.leader, b"")
+    if args.scenario in MUX_SCENARIOS:
+        link = Link(RecordLink(link.sock, link.leftover), link.local, link.peer, link.leader,
+                    b"")
     SCENARIOS[args.scenario](link, args)
+
+
+class RecordLink:
+    """The link as the mux scenarios want it: a socket whose bytes travel in
+    the stream's DATA records (punchcat.stream), as a real peer's do; what
+    comes is unwrapped and acknowledged, so the victim's retention drains
+    while we read (and fills, bounded, while we do not)."""
+
+    def __init__(self, sock, leftover: bytes = b""):
+        self.sock = sock
+        self.rx = stream.Receiver()
+        self.off = stream.Offsets()
+        self.lock = threading.Lock()
+        self.pending = bytearray()
+        self.ended = False
+        if leftover:
+            self.rx.feed(leftover, self._event)
+
+    def sendall(self, data) -> None:
+        view = memoryview(bytes(data))
+        with self.lock:
+            for start in range(0, len(view), stream.MAX_DATA):
+                part = view[start:start + stream.MAX_DATA]
+                self.sock.sendall(stream.data_header(len(part)) + bytes(part))
+
+    def recv(self, size: int) -> bytes:
+        while not self.pending and not self.ended:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                self.ended = True
+                break
+            self.rx.feed(data, self._event)
+            if self.off.ack_due():
+                with self.lock:
+                    self.sock.sendall(self.off.ack())
+        out = bytes(self.pending[:size])
+        del self.pending[:size]
+        return out
+
+    def _event(self, event) -> None:
+        if isinstance(event, stream.Data):
+            self.pending += event.data
+            self.off.took(len(event.data))
+        elif isinstance(event, (stream.Eof, stream.Abort)):
+            self.ended = True
+
+    def settimeout(self, timeout) -> None:
+        self.sock.settimeout(timeout)
+
+    def shutdown(self, how) -> None:
+        with self.lock:
+            self.sock.sendall(stream.position_record(stream.EOF, 0))
 
 
 class _Plaintext:
@@ -670,7 +727,7 @@ class _Plaintext:
         self.channel.sock.settimeout(timeout)
 
     def shutdown(self, how) -> None:
-        self.channel.shutdown_write()
+        pass                              # RecordLink sends the EOF record
 
 
 if __name__ == "__main__":

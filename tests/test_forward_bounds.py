@@ -1,5 +1,7 @@
 """The forwarding loop's bounds without a network: a peer on a socketpair,
-local ends on loopback (held bytes, half-closed sessions, accept errors)."""
+local ends on loopback (held bytes, half-closed sessions, accept errors).
+The peer's mux frames travel in the stream's DATA records, as a real
+peer's do."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import time
 
 import pytest
 
+from punchcat import stream
 from punchcat.channel import PlainChannel
 from punchcat.errors import Interrupted
 from punchcat.forward import RECEIVE_BUDGET, Forwarder
@@ -20,7 +23,25 @@ from conftest import wait_for
 
 
 def frame(kind, sid, payload=b""):
-    return HEADER.pack(kind, sid, len(payload)) + payload
+    """A mux frame in a DATA record of its own."""
+    raw = HEADER.pack(kind, sid, len(payload)) + payload
+    return stream.data_header(len(raw)) + raw
+
+
+def records(data: bytes) -> bytes:
+    return stream.data_header(len(data)) + data
+
+
+def unwrap(sock, mux: Mux, until, rx=None) -> list:
+    """The mux events from the forwarder's records on *sock*, until *until(events)*."""
+    rx = rx or stream.Receiver()
+    events: list = []
+    while not until(events):
+        data = sock.recv(65536)
+        assert data, "the forwarder closed the link"
+        rx.feed(data, lambda e: events.extend(mux.receive(e.data))
+                if isinstance(e, stream.Data) else None)
+    return events
 
 
 class Lines:
@@ -39,12 +60,12 @@ class Lines:
         return False
 
 
-def run_forwarder(forwarder: Forwarder):
+def run_forwarder(forwarder: Forwarder, link):
     box = {}
 
     def run():
         try:
-            forwarder.run()
+            forwarder.run_link(PlainChannel(link))
         except BaseException as exc:         # noqa: BLE001 - reported to the test
             box["error"] = exc
     thread = threading.Thread(target=run, daemon=True)
@@ -75,9 +96,9 @@ def test_a_stalled_session_holds_its_window_and_no_more(tmp_path):
     held (copied, not pinned), bounded by the window; more is an error."""
     target = socket.create_server(("127.0.0.1", 0))
     link, peer = socket.socketpair()
-    forwarder = Forwarder(PlainChannel(link), opener=False, reporter=Reporter(NORMAL, Lines()),
+    forwarder = Forwarder(opener=False, reporter=Reporter(NORMAL, Lines()),
                           target=_endpoint(target))
-    thread, box = run_forwarder(forwarder)
+    thread, box = run_forwarder(forwarder, link)
     conn = None
     try:
         peer.sendall(frame(OPEN, 1))
@@ -110,14 +131,13 @@ def _endpoint(listener):
 
 
 def test_the_link_is_not_read_past_the_receive_budget():
-    forwarder = Forwarder(PlainChannel(socket.socketpair()[0]), opener=False,
-                          reporter=Reporter(NORMAL, Lines()))
+    forwarder = Forwarder(opener=False, reporter=Reporter(NORMAL, Lines()))
     assert forwarder._may_read_link()
     forwarder.held = RECEIVE_BUDGET
     assert not forwarder._may_read_link()
     forwarder.held = 0
     refused = Mux(opener=False, max_sessions=0)
-    refused.receive(b"".join(frame(OPEN, sid) for sid in range(1, 20_000)))
+    refused.receive(b"".join(HEADER.pack(OPEN, sid, 0) for sid in range(1, 20_000)))
     forwarder.mux = refused                         # 20,000 refusals waiting to be sent
     assert not forwarder._may_read_link()           # so: stop reading the link
 
@@ -125,18 +145,16 @@ def test_the_link_is_not_read_past_the_receive_budget():
 def test_a_half_closed_idle_session_is_reset():
     listener = socket.create_server(("127.0.0.1", 0))
     link, peer = socket.socketpair()
-    forwarder = Forwarder(PlainChannel(link), opener=True, reporter=Reporter(NORMAL, Lines()),
+    forwarder = Forwarder(opener=True, reporter=Reporter(NORMAL, Lines()),
                           listener=listener, half_close_timeout=0.3)
-    thread, box = run_forwarder(forwarder)
+    thread, box = run_forwarder(forwarder, link)
     client = socket.create_connection(listener.getsockname()[:2])
     try:
         client.sendall(b"hello")
         client.shutdown(socket.SHUT_WR)          # our side is done; the peer never is
         mux = Mux(opener=False)
-        events = []
         peer.settimeout(5)
-        while not any(isinstance(e, Reset) for e in events):
-            events += mux.receive(peer.recv(65536))
+        events = unwrap(peer, mux, lambda evs: any(isinstance(e, Reset) for e in evs))
         assert Data(1, b"hello") in events
         reset = next(e for e in events if isinstance(e, Reset))
         assert "half-closed and idle" in reset.reason
@@ -168,10 +186,10 @@ def test_accept_failures_rest_the_listener_and_are_said_once_a_second():
     waiting = socket.create_connection(listener.getsockname()[:2])
     link, peer = socket.socketpair()
     lines = Lines()
-    forwarder = Forwarder(PlainChannel(link), opener=True, reporter=Reporter(NORMAL, lines),
+    forwarder = Forwarder(opener=True, reporter=Reporter(NORMAL, lines),
                           listener=listener)
     FailingListener.calls = 0
-    thread, box = run_forwarder(forwarder)
+    thread, box = run_forwarder(forwarder, link)
     time.sleep(2.2)                              # the loop's own pace is what is measured
     stop(thread, box)
     for s in (waiting, listener, peer):
@@ -202,12 +220,12 @@ def test_payloads_reach_their_targets_intact_however_they_travel():
             threading.Thread(target=drain, daemon=True).start()
     threading.Thread(target=serve, daemon=True).start()
     link, peer = socket.socketpair()
-    forwarder = Forwarder(PlainChannel(link), opener=False, reporter=Reporter(NORMAL, Lines()),
+    forwarder = Forwarder(opener=False, reporter=Reporter(NORMAL, Lines()),
                           target=_endpoint(target))
     spliced = []
     original = forwarder.rx.push
     forwarder.rx.push = lambda fd, n: (spliced.append(n), original(fd, n))[1]
-    thread, box = run_forwarder(forwarder)
+    thread, box = run_forwarder(forwarder, link)
     try:
         client = Mux(opener=True)
         one, two = client.open(), client.open()
@@ -221,7 +239,7 @@ def test_payloads_reach_their_targets_intact_however_they_travel():
         client.send_eof(one)
         client.send_eof(two)
         while client.wants_to_write():
-            peer.sendall(b"".join(bytes(p) for p in client.pull()))
+            peer.sendall(records(b"".join(bytes(p) for p in client.pull())))
         wanted = sorted((len(d), hashlib.sha256(d).hexdigest()) for d in data.values())
         wait_for(lambda: len(received) == 2, what="both targets")
         assert sorted(received.values()) == wanted

@@ -311,8 +311,11 @@ def test_a_stray_bad_hello_before_the_real_peer_costs_nothing(make_lab, tmp_path
     assert victim.poll() is None                        # still punching
     peer = lab.popen("a", [*PUNCHCAT, "-w", "60", lab.peer_of("a")], stdin=subprocess.PIPE,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    victim.stdin.write(b"from b" * 1000)
+    victim.stdin.close()
     got_a, _ = peer.communicate(b"from a" * 1000, timeout=90)
-    got_b, _ = victim.communicate(b"from b" * 1000, timeout=90)
+    got_b = victim.stdout.read()
+    victim.wait(timeout=30)
     assert (peer.returncode, victim.returncode) == (0, 0), log.read_text()
     assert got_a == b"from b" * 1000 and got_b == b"from a" * 1000
     text = log.read_text()

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "punchcat"
 LAYERS = [
     # foundations: no punchcat imports but errors
     ["errors", "schedule", "status", "sockopts", "mux", "handshake", "channel", "endpoints",
-     "srp", "secret", "addresses", "routes", "backoff", "peerlock"],
+     "srp", "secret", "addresses", "routes", "backoff", "peerlock", "stream", "retention",
+     "resume"],
     # punch techniques and the secret
     ["portmap", "portmap.common", "portmap.natpmp", "portmap.pcp", "portmap.upnp", "portmap.local",
      "portmap.results", "portmap.exchange", "portmap.driver", "portmap.pcp_driver",
@@ -24,9 +25,9 @@ LAYERS = [
      "traverse.birthday", "traverse.mapped", "traverse.transit",
      "secure"],
     # agreeing on a connection; moving data
-    ["agree", "relay", "acceptor", "rxsplice", "forward"],
+    ["agree", "ends", "relay", "acceptor", "rxsplice", "muxlink", "forward"],
     # one run, and the command lines
-    ["options", "connect", "session", "whoami", "entry", "cli", "__main__", "__init__"],
+    ["options", "connect", "durable", "session", "whoami", "entry", "cli", "__main__", "__init__"],
     # the lab, on top of everything
     ["lab", "lab.netns", "lab.transit", "lab.router", "lab.net", "lab.lan", "lab.pairs", "lab.cli"],
 ]

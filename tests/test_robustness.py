@@ -41,6 +41,8 @@ def test_256_mib_each_way_at_once(make_lab, tmp_path):
 
 @pytest.mark.parametrize("busy", [True, False], ids=["sending", "idle"])
 def test_a_dead_path_ends_both_sides_within_the_keepalive_bound(make_lab, tmp_path, busy):
+    """Without resuming (--resume-timeout 0), a dead path ends the run once
+    it is noticed (tests/test_resume_lab.py: with resuming)."""
     lab = make_lab()
     logs = {s: tmp_path / f"{s}.log" for s in "ab"}
     if busy:
@@ -48,9 +50,11 @@ def test_a_dead_path_ends_both_sides_within_the_keepalive_bound(make_lab, tmp_pa
         stdin_a = r
     else:
         stdin_a = subprocess.PIPE                  # open, silent
-    a = lab.popen("a", [*PUNCHCAT, "-v", "--keepalive", "10", lab.peer_of("a")],
+    a = lab.popen("a", [*PUNCHCAT, "-v", "--keepalive", "10", "--resume-timeout", "0",
+                        lab.peer_of("a")],
                   stdin=stdin_a, stdout=subprocess.DEVNULL, stderr=open(logs["a"], "w"))
-    b = lab.popen("b", [*PUNCHCAT, "-v", "--keepalive", "10", lab.peer_of("b")],
+    b = lab.popen("b", [*PUNCHCAT, "-v", "--keepalive", "10", "--resume-timeout", "0",
+                        lab.peer_of("b")],
                   stdin=subprocess.PIPE, stdout=subprocess.PIPE if busy else subprocess.DEVNULL,
                   stderr=open(logs["b"], "w"))
     if busy:
