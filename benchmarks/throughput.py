@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Throughput of punchcat against OpenBSD nc and socat across the NAT lab.
+"""Throughput of punchcat against iperf3, OpenBSD nc and socat across the NAT lab.
 
-Builds the lab (needs root, ip, nft, nc, socat), gives nc and socat a port
-forward on host b's router so they can cross it, and moves SIZE bytes from a
-file on host a to a consumer on host b, in the same run for every tool:
+Builds the lab (needs root, ip, nft, iperf3, nc, socat), gives iperf3, nc
+and socat a port forward on host b's router so they can cross it, and moves
+SIZE bytes from host a to host b, in the same run for every tool:
+
+* iperf3: one TCP stream, memory to memory (``-n SIZE``): the path's limit,
+  to which every other row is a ratio;
 
 * file -> pipe: ``tool < file`` on a, ``tool | sink`` on b;
 * pipe -> pipe: ``cat file | tool`` on a, ``tool | sink`` on b;
@@ -12,13 +15,17 @@ file on host a to a consumer on host b, in the same run for every tool:
   with a 4 MiB buffer (``tcp_ends.py``: fast ends, so the mux is measured).
 
 MiB/s is counted by the sink from its first byte to EOF (so punching time is
-not counted); CPU is user+sys of the tool on both hosts (from /usr/bin/time,
-or /proc for the long-running -L/-c processes); RSS is the larger peak of the
-two.  Then the latency of a small echo through -L/-c, idle and while a bulk
-transfer runs on another session.
+not counted; iperf3's receiver counts its own); CPU is user+sys of the tool
+on each host (from /usr/bin/time, or /proc for the long-running -L/-c
+processes), per GiB moved; RSS is the larger peak of the two.  Then the
+latency of a small echo through -L/-c, idle and while a bulk transfer runs
+on another session.  ``--baseline DIR`` adds the punchcat of another source
+tree (a checkout of an older commit) to the pipe rows, run alternately with
+this one, for a before/after in the same run.
 
     python benchmarks/throughput.py                 # 1 GiB, 5 repetitions
     python benchmarks/throughput.py --size 256 -n 3 --only file-pipe
+    python benchmarks/throughput.py --only file-pipe,secret --baseline /tmp/old-tree
 """
 
 from __future__ import annotations
@@ -77,9 +84,39 @@ def proc_usage(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def one_pipe_run(lab: Lab, tool: str, case: str, path: str, tmp: str, secret: bool) -> dict:
+def tree_env(tree: str | None, secret: bool) -> dict | None:
+    """The environment of a punchcat run: another source *tree* first on
+    the path, and the secret."""
+    env = dict(os.environ)
+    if secret:
+        env["PUNCHCAT_SECRET"] = "benchmark secret"
+    if tree:
+        env["PYTHONPATH"] = tree + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def one_iperf_run(lab: Lab, size_mib: int, tmp: str) -> dict:
+    """iperf3, one stream, memory to memory, across the same path."""
+    rtime, stime = os.path.join(tmp, "ir.time"), os.path.join(tmp, "is.time")
+    server = lab.popen("b", ["sh", "-c", timed(f"iperf3 -s -1 -p {PORT}", rtime)],
+                       stdout=subprocess.DEVNULL)
+    wait_for(lambda: listening(lab, "b", PORT))
+    done = subprocess.run(lab.command("a", ["sh", "-c", timed(
+        f"iperf3 -c {lab.peer_of('a')} -p {PORT} -n {size_mib}M -J", stime)]),
+        capture_output=True, text=True, timeout=600)
+    server.wait(timeout=60)
+    result = json.loads(done.stdout)["end"]["sum_received"]
+    cpu_s, rss_s = read_time(stime)
+    cpu_r, rss_r = read_time(rtime)
+    return {"mib_s": result["bytes"] / result["seconds"] / 2 ** 20,
+            "bytes": size_mib * 2 ** 20, "cpu_a": cpu_s, "cpu_b": cpu_r,
+            "rss": max(rss_s, rss_r)}
+
+
+def one_pipe_run(lab: Lab, tool: str, case: str, path: str, tmp: str, secret: bool,
+                 tree: str | None = None) -> dict:
     peer_b, peer_a = lab.peer_of("a"), lab.peer_of("b")
-    env = dict(os.environ, PUNCHCAT_SECRET="benchmark secret") if secret else None
+    env = tree_env(tree, secret)
     senders = {"nc": f"nc -N {peer_b} {PORT}",
                "socat": f"socat -u STDIN TCP:{peer_b}:{PORT}",
                "punchcat": f"{PC} -q {peer_b}"}
@@ -91,24 +128,26 @@ def one_pipe_run(lab: Lab, tool: str, case: str, path: str, tmp: str, secret: bo
         if os.path.exists(f):
             os.unlink(f)
     sink = " ".join(shlex.quote(p) for p in SINK)
+    # (python -m puts the working directory first on the path: a baseline
+    # tree must be the working directory too)
     receiver = lab.popen("b", ["sh", "-c", f"{timed(receivers[tool], rtime)} | {sink} {report}"],
-                         env=env)
+                         env=env, cwd=tree)
     if tool != "punchcat":
         wait_for(lambda: listening(lab, "b", PORT))
     source = (f"{timed(senders[tool], stime)} < {path}" if case == "file-pipe"
               else f"cat {path} | {timed(senders[tool], stime)}")
-    sender = lab.popen("a", ["sh", "-c", source], env=env)
+    sender = lab.popen("a", ["sh", "-c", source], env=env, cwd=tree)
     sender.wait(timeout=600)
     receiver.wait(timeout=600)
     result = json.load(open(report))
     cpu_s, rss_s = read_time(stime)
     cpu_r, rss_r = read_time(rtime)
     return {"mib_s": result["bytes"] / result["seconds"] / 2 ** 20, "bytes": result["bytes"],
-            "cpu": cpu_s + cpu_r, "rss": max(rss_s, rss_r)}
+            "cpu_a": cpu_s, "cpu_b": cpu_r, "rss": max(rss_s, rss_r)}
 
 
-def one_mux_run(lab: Lab, path: str, tmp: str, secret: bool) -> dict:
-    env = dict(os.environ, PUNCHCAT_SECRET="benchmark secret") if secret else None
+def one_mux_run(lab: Lab, path: str, tmp: str, secret: bool, tree: str | None = None) -> dict:
+    env = tree_env(tree, secret)
     report = os.path.join(tmp, "sink.json")
     if os.path.exists(report):
         os.unlink(report)
@@ -117,9 +156,9 @@ def one_mux_run(lab: Lab, path: str, tmp: str, secret: bool) -> dict:
     target.stdout.readline()
     log = os.path.join(tmp, "l.log")
     server = lab.popen("b", [*PUNCHCAT, "-q", "-c", "7000", lab.peer_of("b")], env=env,
-                       stderr=subprocess.DEVNULL)
+                       stderr=subprocess.DEVNULL, cwd=tree)
     client = lab.popen("a", [*PUNCHCAT, "-v", "-L", "8000", lab.peer_of("a")], env=env,
-                       stderr=open(log, "w"))
+                       stderr=open(log, "w"), cwd=tree)
     wait_for(lambda: "connected to" in open(log).read())
     sender = lab.popen("a", [*ends, "send", "8000", path])
     sender.wait(timeout=600)
@@ -130,7 +169,7 @@ def one_mux_run(lab: Lab, path: str, tmp: str, secret: bool) -> dict:
         p.wait(timeout=10)
     result = json.load(open(report))
     return {"mib_s": result["bytes"] / result["seconds"] / 2 ** 20, "bytes": result["bytes"],
-            "cpu": sum(u[0] for u in usage), "rss": max(u[1] for u in usage)}
+            "cpu_a": usage[1][0], "cpu_b": usage[0][0], "rss": max(u[1] for u in usage)}
 
 
 def echo_latency(lab: Lab, path: str, tmp: str, bulk: bool) -> dict:
@@ -156,55 +195,71 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024, help="MiB to move (1024)")
     parser.add_argument("-n", type=int, default=5, help="repetitions (5)")
-    parser.add_argument("--only", help="comma-separated: file-pipe,pipe-pipe,mux,secret,echo")
+    parser.add_argument("--only", help="comma-separated: file-pipe,pipe-pipe,mux,secret,echo,"
+                                       "nc (nc and socat rows)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also the punchcat of this source tree, run alternately")
     opts = parser.parse_args()
-    parts = set((opts.only or "file-pipe,pipe-pipe,mux,secret,echo").split(","))
+    parts = set((opts.only or "file-pipe,pipe-pipe,mux,secret,echo,nc").split(","))
     print(f"# throughput: {opts.size} MiB, {opts.n} repetitions, median; "
           f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, Linux {platform.release()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
+    trees = {"": None, "@baseline": opts.baseline} if opts.baseline else {"": None}
     with tempfile.TemporaryDirectory() as tmp, Lab() as lab:
         path = os.path.join(tmp, "data")
         with open(path, "wb") as f:
             for _ in range(opts.size):
                 f.write(os.urandom(1 << 20))
         lab.forward_port("b", PORT)
-        rows = []
+        rows = [("memory", {"iperf3": [one_iperf_run(lab, opts.size, tmp)
+                                       for _ in range(opts.n)]})]
         for case in ("file-pipe", "pipe-pipe"):
             if case not in parts:
                 continue
-            tools = ["nc", "socat", "punchcat"] + (["punchcat+secret"] if "secret" in parts else [])
+            tools = ["nc", "socat"] if "nc" in parts else []
+            for suffix in trees:
+                tools += [f"punchcat{suffix}"]
+                if "secret" in parts:
+                    tools += [f"punchcat+secret{suffix}"]
             runs = {t: [] for t in tools}
             for _ in range(opts.n):
                 for tool in tools:
-                    runs[tool].append(one_pipe_run(lab, tool.split("+")[0], case, path, tmp,
-                                                   secret=tool.endswith("secret")))
+                    name, _, tree = tool.partition("@")
+                    runs[tool].append(one_pipe_run(lab, name.split("+")[0], case, path, tmp,
+                                                   secret="+secret" in name,
+                                                   tree=trees.get("@" + tree) if tree else None))
             rows.append((case, runs))
         if "mux" in parts:
-            runs = {"punchcat -L/-c": [one_mux_run(lab, path, tmp, False) for _ in range(opts.n)]}
-            if "secret" in parts:
-                runs["punchcat -L/-c +secret"] = [one_mux_run(lab, path, tmp, True)
-                                                  for _ in range(opts.n)]
+            runs = {}
+            for suffix, tree in trees.items():
+                runs[f"punchcat -L/-c{suffix}"] = []
+                if "secret" in parts:
+                    runs[f"punchcat -L/-c +secret{suffix}"] = []
+            for _ in range(opts.n):
+                for tool in runs:
+                    tree = trees["@baseline"] if tool.endswith("@baseline") else None
+                    runs[tool].append(one_mux_run(lab, path, tmp, "+secret" in tool, tree))
             rows.append(("mux", runs))
         print()
-        print("| path | tool | MiB/s | × nc | × punchcat (file -> pipe) | CPU s/GiB | peak RSS |")
+        print("| path | tool | MiB/s | × iperf3 | min-max | CPU s/GiB (a / b) | peak RSS |")
         print("|---|---|---|---|---|---|---|")
-        nc_rate, raw_rate = {}, None
+        limit = None
         for case, runs in rows:
             for tool, results in runs.items():
                 ok = [r for r in results if r["bytes"] == opts.size * 2 ** 20]
                 if not ok:
                     print(f"| {case} | {tool} | incomplete | | | | |")
                     continue
-                rate = statistics.median(r["mib_s"] for r in ok)
-                cpu = statistics.median(r["cpu"] for r in ok) / (opts.size / 1024)
+                rates = [r["mib_s"] for r in ok]
+                rate = statistics.median(rates)
+                if tool == "iperf3":
+                    limit = rate
+                per_gib = opts.size / 1024
+                cpu_a = statistics.median(r["cpu_a"] for r in ok) / per_gib
+                cpu_b = statistics.median(r["cpu_b"] for r in ok) / per_gib
                 rss = max(r["rss"] for r in ok) / 1024
-                if tool == "nc":
-                    nc_rate[case] = rate
-                if tool == "punchcat" and case == "file-pipe":
-                    raw_rate = rate
-                vs_nc = f"{rate / nc_rate[case]:.2f}" if case in nc_rate else "-"
-                vs_raw = f"{rate / raw_rate:.2f}" if raw_rate and tool.startswith("punchcat") else "-"
-                print(f"| {case} | {tool} | {rate:.0f} | {vs_nc} | {vs_raw} | {cpu:.2f} | "
+                print(f"| {case} | {tool} | {rate:.0f} | {rate / limit:.2f} | "
+                      f"{min(rates):.0f}-{max(rates):.0f} | {cpu_a:.2f} / {cpu_b:.2f} | "
                       f"{rss:.0f} MB |", flush=True)
         if "echo" in parts:
             idle = echo_latency(lab, path, tmp, bulk=False)

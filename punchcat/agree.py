@@ -143,7 +143,7 @@ def agree(techniques: list[Technique], local: Hello, deadline: float, reporter,
                     continue
                 sock = key.fileobj                            # a candidate connection
                 try:
-                    data = sock.recv(4096)
+                    data = sock.recv(max(1, election.wanted(sock)))
                 except OSError as exc:
                     reporter.info(f"connection {_name(sock)} failed: {exc.strerror}")
                     close(sock)

@@ -275,6 +275,18 @@ class Election:
     def leads(self, peer: Hello) -> bool:
         return self.local.side_id > peer.side_id
 
+    def wanted(self, conn: Hashable) -> int:
+        """How many bytes *conn* may give now without reading past what the
+        election needs: the rest of the hello, then the one byte of ``+`` or
+        ``$``.  What follows the commit is the channel's (a TLS library
+        reads it from the socket itself), so the I/O layer reads no further."""
+        state = self._conns.get(conn)
+        if state is None or state.phase is Phase.WON:
+            return 0
+        if state.phase is Phase.HELLO:
+            return max(1, HELLO_LEN - len(state.buf))
+        return 1
+
     def phase(self, conn: Hashable) -> Phase | None:
         """Where *conn* stands (None once it is closed or dropped)."""
         state = self._conns.get(conn)

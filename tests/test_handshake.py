@@ -203,3 +203,16 @@ def test_election_survives_any_byte_stream(chunks):
         events = e.received("c", chunk)
         for ev in events:
             assert isinstance(ev, (Send, Drop, Won))
+
+
+def test_the_election_asks_for_no_byte_past_the_commit():
+    """What follows ``$`` is the channel's (TLS reads the socket itself)."""
+    e = Election(LOW)
+    e.opened("c")
+    assert e.wanted("c") == HELLO_LEN
+    e.received("c", HIGH.encode()[:10])
+    assert e.wanted("c") == HELLO_LEN - 10
+    e.received("c", HIGH.encode()[10:])
+    assert e.wanted("c") == 1                            # the leader's "$"
+    e.received("c", COMMIT)
+    assert e.wanted("c") == 0 and e.phase("c") is Phase.WON
