@@ -18,7 +18,8 @@ LAYERS = [
     # punch techniques and the secret
     ["portmap", "portmap.common", "portmap.natpmp", "portmap.pcp", "portmap.upnp", "portmap.local",
      "portmap.results", "portmap.exchange", "portmap.driver", "portmap.pcp_driver",
-     "portmap.natpmp_driver", "portmap.upnp_driver", "portmap.ledger", "portmap.engine",
+     "portmap.natpmp_driver", "portmap.upnp_driver", "portmap.ledger", "portmap.handover",
+     "portmap.engine",
      "portmap.client",
      "traverse", "traverse.timing", "traverse.errqueue", "traverse.hops", "traverse.diagnosis",
      "traverse.candidates", "traverse.tidy", "traverse.sentinel", "traverse.direct",

@@ -611,9 +611,100 @@ def test_removal_notes_name_the_ports_removed_not_those_left_to_another_mapper()
     asyncio.run(old.remove_all(1))
     assert deleted == [1]
     assert old.snapshot().notes == (
-        "NAT-PMP: TCP 2, 3 left mapped for the other mapper that holds them too",
+        "NAT-PMP: TCP 2, 3 left mapped for the other mapper that holds or asks for them too",
         "NAT-PMP: removed 1 mapping (TCP 1)")
     assert new.wants("natpmp", "192.0.2.1", 2) and not old.wants("natpmp", "192.0.2.1", 2)
+
+
+
+def _rolled_engines(protocol: str, gw: str):
+    """When the ports roll: the old engine holds TCP 1, 2, 3 at *gw* (the
+    router forwards them), the new one is about to ask for 2, 3, 4.  (Each
+    test its own gateway: the engines of earlier tests live on until
+    collected, and this process's engines leave each other's ports.)"""
+    from punchcat.portmap.driver import Held
+    from punchcat.portmap.results import Mapping
+    old = Engine([1, 2, 3], protocols=[protocol], gateways=[gw])
+    new = Engine([2, 3, 4], protocols=[protocol], gateways=[gw])
+    for port in (1, 2, 3):
+        old.ledger.held[port] = Held(Mapping(protocol, gw, port, port, None, 120), 0.0)
+    return old, new, {1, 2, 3}
+
+
+@pytest.mark.parametrize("protocol", ["upnp", "natpmp"])
+def test_a_port_asked_for_while_the_old_mapper_removes_it_ends_mapped(protocol):
+    """punchcat starts the new mapper as it closes the old one
+    (traverse.mapped), so the old one's removal of a port in both sets,
+    decided before the new one asked, can still be on its way (waiting for
+    its turn in the old engine's window, or at the router) when the new one
+    maps that port.  It must be carried out first: the other way round (as
+    here before), the new mapper counted as mapped two ports the router no
+    longer forwarded."""
+    import time
+    from punchcat.portmap.driver import Held
+    from punchcat.portmap.results import Mapping
+    gw = {"upnp": "192.0.2.11", "natpmp": "192.0.2.12"}[protocol]
+    old, new, table = _rolled_engines(protocol, gw)
+    queued = asyncio.Event()        # the router gets to the old one's removals
+
+    async def delete(held, deadline):
+        await queued.wait()
+        table.discard(held.mapping.external_port)
+        return True
+
+    async def map_port(gw, port, deadline, held=None):     # served at once
+        table.add(port)
+        return Held(Mapping(protocol, gw, port, port, None, 120), time.monotonic())
+    old.drivers[protocol].delete = delete
+    new.drivers[protocol].map = map_port
+
+    async def main():
+        removal = asyncio.ensure_future(old.remove_all(2))
+        await asyncio.sleep(0.01)               # the removals are on their way
+        mapping = asyncio.ensure_future(new._map_all(protocol, gw))
+        await asyncio.sleep(0.01)
+        queued.set()
+        await asyncio.gather(removal, mapping)
+    asyncio.run(main())
+    assert {m.internal_port for m in new.snapshot().mappings} == {2, 3, 4}
+    assert table == {2, 3, 4}
+
+
+def test_a_port_the_new_mapper_waits_to_ask_for_is_left_to_it():
+    """A request of the new mapper still waiting for its turn in the window
+    wants the port as much as one sent: the old mapper leaves it (it used
+    to remove it, and the request, sent later, could be carried out first)."""
+    import time
+    from punchcat.portmap.driver import Held
+    from punchcat.portmap.results import Mapping
+    gw = "192.0.2.13"
+    old, new, table = _rolled_engines("upnp", gw)
+    turn = asyncio.Event()          # the new mapper's window frees up
+    deleted = []
+
+    async def delete(held, deadline):
+        deleted.append(held.mapping.external_port)
+        table.discard(held.mapping.external_port)
+        return True
+
+    async def map_port(gw, port, deadline, held=None):
+        await turn.wait()
+        table.add(port)
+        return Held(Mapping("upnp", gw, port, port, None, 120), time.monotonic())
+    old.drivers["upnp"].delete = delete
+    new.drivers["upnp"].map = map_port
+
+    async def main():
+        mapping = asyncio.ensure_future(new._map_all("upnp", gw))
+        await asyncio.sleep(0.01)               # the new one's requests wait for their turn
+        await old.remove_all(1)
+        turn.set()
+        await mapping
+    asyncio.run(main())
+    assert deleted == [1]
+    assert table == {2, 3, 4}
+    assert "UPnP: TCP 2, 3 left mapped for the other mapper that holds or asks for them too" \
+        in old.snapshot().notes
 
 
 # -- pacing: the window and retransmissions, against a loopback router ----------

@@ -13,20 +13,20 @@ unanswered then goes on in the background, up to :data:`PATIENCE`, and is
 recorded when it comes), removal by :meth:`Engine.remove_all`'s timeout.
 Only the default gateway(s) from /proc/net/route are asked.  Removal is
 confirmed by the router, including of what requests whose answer never came
-may have mapped.
+may have mapped.  The engines of one process hand ports over to each other
+when the ports roll (:mod:`.handover`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-import weakref
 from typing import Callable, Iterable
 
 from .common import escape
 from .driver import Driver, Held
 from .exchange import CLOSING, Pacing, remaining
+from .handover import HANDOVER, REMOVING, Claims, Key
 from .ledger import Ledger
 from .local import default_gateways
 from .natpmp_driver import NatPmpDriver
@@ -45,13 +45,6 @@ GRACE = 0.1
 PATIENCE = 5.0
 #: Renewals due within this many seconds of the first due one go with it.
 RENEW_TOGETHER = 1.0
-
-#: The engines of this process.  When the clock rolls the candidate ports,
-#: punchcat starts a mapper for the new set and removes the old one while
-#: half the ports are in both: the old one leaves those to the new one
-#: (NAT-PMP and UPnP remove by port, whoever asked; PCP by nonce).
-_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
-_ENGINES_LOCK = threading.Lock()
 
 
 class Engine:
@@ -86,8 +79,7 @@ class Engine:
         self.pacing = Pacing()
         self.drivers = {p: DRIVERS[p](self.pacing, self.ports, self.lifetime, self.ledger.note)
                         for p in self.protocols}
-        with _ENGINES_LOCK:
-            _ENGINES.add(self)
+        HANDOVER.join(self)
 
     @property
     def stopping(self) -> bool:
@@ -230,7 +222,16 @@ class Engine:
         give_up = time.monotonic() + max(PATIENCE, self.request_timeout)
 
         async def one(port: int) -> None:
-            self.ledger.record(port, await self._map_one(protocol, gw, port, give_up))
+            # Asking from before the request waits for its turn until its
+            # answer is recorded: no other engine removes the port meanwhile.
+            key = (protocol, gw, port)
+            if not await HANDOVER.ask(self, key, give_up):
+                self.ledger.record(port, Refusal("silent", REMOVING))
+                return
+            try:
+                self.ledger.record(port, await self._map_one(protocol, gw, port, give_up))
+            finally:
+                HANDOVER.done_asking(self, key)
 
         tasks = {port: asyncio.ensure_future(one(port)) for port in self.ports}
         try:
@@ -324,7 +325,8 @@ class Engine:
     # -- removal -------------------------------------------------------------
     def wants(self, protocol: str, gw: str, port: int) -> bool:
         """Whether this engine holds TCP *port* at *gw* by *protocol*, or has
-        asked for it, and is not removing its mappings (safe from any thread)."""
+        sent a request that may have mapped it, and is not removing its
+        mappings (safe from any thread; asks not sent yet are the hand-over's)."""
         if self.stopping:
             return False
         with self.ledger.lock:
@@ -333,15 +335,6 @@ class Engine:
             return True
         driver = self.drivers.get(protocol)
         return driver is not None and driver.wants(gw, port)
-
-    def _wanted_elsewhere(self, protocol: str, gw: str, port: int) -> bool:
-        """Another engine of this process holds or asks for the same mapping,
-        and removing ours would remove theirs (the protocol removes by port)."""
-        if not self.drivers[protocol].removes_by_port:
-            return False
-        with _ENGINES_LOCK:
-            others = [engine for engine in _ENGINES if engine is not self]
-        return any(engine.wants(protocol, gw, port) for engine in others)
 
     def awaiting_answers(self) -> bool:
         """Whether a mapping request waits for an answer that removal could
@@ -356,35 +349,50 @@ class Engine:
         Requests still in flight that removal could not replace are given
         part of the time to finish by :class:`~.client.PortMapper` first.  A
         port that another engine of this process holds or asks for too (the
-        ports rolled) is left to it."""
+        ports rolled) is left to it, and one it asks for while we remove it
+        waits until our removal has ended (:mod:`.handover`)."""
         deadline = time.monotonic() + timeout
         self.stopping = True
         with self.ledger.lock:
             held = list(self.ledger.held.values())
             self.ledger.held.clear()
+        claims = Claims(HANDOVER, self)
+
+        def ours(key: Key) -> bool:
+            """Whether to remove it: PCP's (by nonce, ours alone), or one that no
+            other engine wants (claimed until its removal ends)."""
+            return not self.drivers[key[0]].removes_by_port or claims.claim(key)
+
         removals, what, left = [], [], []
         done_keys = set()
-        for h in held:
-            m = h.mapping
-            done_keys.add((m.protocol, m.gateway, m.internal_port))
-            if self._wanted_elsewhere(m.protocol, m.gateway, m.internal_port):
-                left.append(m)
-            else:
-                removals.append(self.drivers[m.protocol].delete(h, deadline))
-                what.append(m)
-        unsure = []
-        for protocol, driver in self.drivers.items():
-            def skip(gw: str, port: int, protocol: str = protocol) -> bool:
-                return ((protocol, gw, port) in done_keys
-                        or self._wanted_elsewhere(protocol, gw, port))
-            unsure += driver.remove_unanswered(skip, deadline)
-        if left:
-            self.ledger.note(f"{NAMES[left[0].protocol]}: TCP "
-                             f"{ports_text(sorted(m.internal_port for m in left))} left mapped "
-                             "for the other mapper that holds them too")
-        if not removals and not unsure:
-            return
-        results = await asyncio.gather(*removals, *(removal for _, removal in unsure),
-                                       return_exceptions=True)
-        self.ledger.summarise_removal(zip(what, results[:len(removals)]),
-                                      zip((port for port, _ in unsure), results[len(removals):]))
+        try:
+            for h in held:
+                m = h.mapping
+                key = (m.protocol, m.gateway, m.internal_port)
+                done_keys.add(key)
+                if ours(key):
+                    removal = self.drivers[m.protocol].delete(h, deadline)
+                    removals.append(claims.removing(key, removal))
+                    what.append(m)
+                else:
+                    left.append(m)
+            unsure = []
+            for protocol, driver in self.drivers.items():
+                def skip(gw: str, port: int, protocol: str = protocol) -> bool:
+                    return (protocol, gw, port) in done_keys or not ours((protocol, gw, port))
+                unsure += driver.remove_unanswered(skip, deadline)
+            if left:
+                self.ledger.note(f"{NAMES[left[0].protocol]}: TCP "
+                                 f"{ports_text(sorted(m.internal_port for m in left))} left "
+                                 "mapped for the other mapper that holds or asks for them too")
+            if not removals and not unsure:
+                return
+            results = await asyncio.gather(*removals, *(removal for _, removal in unsure),
+                                           return_exceptions=True)
+            self.ledger.summarise_removal(zip(what, results[:len(removals)]),
+                                          zip((port for port, _ in unsure),
+                                              results[len(removals):]))
+        finally:
+            # what requests whose answer never came may have mapped: released
+            # once all removals are over (a driver names their port, not the key)
+            claims.release_all()
