@@ -23,6 +23,10 @@ meanwhile); once a direct link is agreed and proven, the flow lets go of the
 relayed one (``interrupt``), and the stream resumes on the direct link
 exactly as after a break, then the relayed connection is closed.
 
+A record that fails its integrity check is no broken path but a changed
+stream (:class:`~punchcat.errors.Tampered`): the run ends, and the peer is
+told if the link still carries that.
+
 Both sides must want this (the hello's FLAG_RESUME; ``--resume-timeout 0``
 turns it off), and the first link must have given the stream its key: with
 a secret from SRP, without one from the KEY records both sides send first.
@@ -39,7 +43,7 @@ import time
 
 from . import resume, stream
 from .connect import Connected, connect
-from .errors import LinkLost, NoConnection, PunchcatError
+from .errors import LinkLost, NoConnection, PunchcatError, Tampered
 from .status import QUIET, Reporter
 
 #: Seconds after a relayed link came up at which a direct punch is tried in
@@ -91,11 +95,14 @@ class DurableLink:
                                                   resuming, self.progress)
                 except LinkLost as exc:
                     self._stop_upgrader()
+                    if isinstance(exc, Tampered):       # the peer should not resume either
+                        self.flow.abort(done.channel, str(exc))
                     done.channel.close()
                     if done.link.via:
                         exc = LinkLost(f"the relay {done.link.via} closed the link ({exc})",
                                        exc.errno, exc.doing)
-                    if not done.resumable or self.opts.resume_timeout <= 0:
+                    if (isinstance(exc, Tampered) or not done.resumable
+                            or self.opts.resume_timeout <= 0):
                         raise exc from None
                     done = self._upgraded or self._again(exc)
                 else:

@@ -74,6 +74,11 @@ class LinkLost(PunchcatError):
         return cls(message, exc.errno, doing)
 
 
+class Tampered(LinkLost):
+    """A record failed its integrity check: something on the path changed
+    the encrypted stream.  Not a broken path: the stream is not resumed."""
+
+
 class PeerStopped(PunchcatError):
     """The peer ended the stream early for a reason of its own (interrupted,
     its output failed): no new link will continue it."""

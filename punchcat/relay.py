@@ -45,7 +45,7 @@ from . import stream
 from .endpoints import CONNECT_TIMEOUT, Endpoint
 from .ends import CHUNK, Input, Output
 from .errors import (InputFailed, LinkLost, OutputFailed, PeerStopped, PunchcatError,
-                     RemoteProtocolError, check_interrupted)
+                     RemoteProtocolError, Tampered, check_interrupted)
 from .retention import Ring
 from .sockopts import gave_up
 from .status import printable
@@ -167,14 +167,12 @@ class PipeStream:
             try:
                 first = self._wait(link, progress)
             except BaseException:
-                # A signal: let the threads go at once, the sending one
-                # between two records if it can, so that the peer hears why.
-                link.release(socket.SHUT_RD)
-                threads[0].join(STOP_GRACE)
-                self._can_abort = not threads[0].is_alive()
-                if not self._can_abort:
-                    link.release()          # stuck mid-record: no ABORT then
+                # A signal: let the threads go at once, so that the peer hears why.
+                self._stop_sending(link, threads[0])
                 raise
+            if isinstance(first, Tampered):
+                self._stop_sending(link, threads[0])   # the peer is to hear why
+                raise first
             if first is not None:
                 link.release()
                 for t in threads:
@@ -188,6 +186,15 @@ class PipeStream:
             link.close()
             if self.offsets.peer_eof is not None:
                 self.stats.received = self.offsets.peer_eof
+
+    def _stop_sending(self, link: _Link, sender: threading.Thread) -> None:
+        """Let go of the link, the sending thread between two records if it
+        can, so that an ABORT can still follow (:meth:`abort`)."""
+        link.release(socket.SHUT_RD)
+        sender.join(STOP_GRACE)
+        self._can_abort = not sender.is_alive()
+        if not self._can_abort:
+            link.release()                  # stuck mid-record: no ABORT then
 
     def abort(self, channel, reason: str) -> None:
         """Tell the peer this side stops for *reason* (best effort, never

@@ -63,7 +63,7 @@ import time
 
 from . import resume, srp
 from .channel import Channel, send_some
-from .errors import AuthenticationFailed, LinkLost
+from .errors import AuthenticationFailed, LinkLost, Tampered
 from .secret import normalize_secret
 
 __all__ = ["AuthenticationFailed", "SecureChannel", "secure"]
@@ -112,9 +112,18 @@ class SecureChannel(Channel):
         self._plain = bytearray(1 << 20)     # for the event loop's read()
         #: The key a new link proves it continues this stream with (punchcat.resume).
         self.resume_key = resume_key
+        self._failed = False                 # a record failed its check: nothing more is sealed
+        self._alert = b""                    # TLS's alert for the peer, sent in place of the next seal
 
     def _seal(self, parts) -> bytes:
         with self._lock:
+            if self._failed:
+                # After a changed record the link only carries TLS's alert,
+                # so that the peer stops too instead of resuming.
+                if not self._alert:
+                    raise LinkLost("the encrypted link failed its integrity check")
+                alert, self._alert = self._alert, b""
+                return alert
             try:
                 for part in parts:
                     if len(part):
@@ -134,7 +143,12 @@ class SecureChannel(Channel):
             except ssl.SSLZeroReturnError:
                 return 0
             except ssl.SSLError as exc:
-                raise LinkLost(f"the encrypted link failed its integrity check "
+                self._failed = True
+                self._alert = self._bio_out.read()   # bad_record_mac, for the peer
+                if "ALERT_BAD_RECORD_MAC" in str(exc.reason):
+                    raise Tampered("the peer found a record of ours changed on the way: the "
+                                   "encrypted link failed its integrity check") from None
+                raise Tampered(f"the encrypted link failed its integrity check "
                                f"({exc.reason or exc})") from None
 
     def _feed(self, n: int) -> None:
