@@ -112,9 +112,14 @@ class _Local:
 class Forwarder:
     """Serve sessions over *channel* until the link ends.
 
-    Over 200 lines because it is one event loop: the link, the listener and
-    every local connection share its selector and its interest sets; the
-    protocol itself lives in :class:`~punchcat.mux.Mux`.
+    About 480 lines because it is one event loop: the link, the listener and
+    every local connection share its selector, its interest sets and the
+    budgets above (what is held, what is queued), and each handler changes
+    them; split into classes, each would reach into the others' state.  What
+    could stand alone already does: the protocol (:class:`~punchcat.mux.Mux`),
+    the stream's records (:class:`~punchcat.muxlink.StreamEnd`), the kernel
+    splice of payloads (:class:`~punchcat.rxsplice.PayloadSplicer`) and the
+    listener's pacing (:class:`~punchcat.acceptor.Acceptor`).
     """
 
     def __init__(self, opener: bool, reporter, listener: socket.socket | None = None,

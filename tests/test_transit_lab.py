@@ -160,7 +160,9 @@ def test_a_third_client_with_the_same_token_gets_nothing_and_the_pair_authentica
 
 def test_a_relay_killed_mid_transfer_ends_both_with_one_line(relay_lab, tmp_path):
     lab, relay = relay_lab()
-    procs = {side: lab.popen(side, [*PUNCHCAT, "-v", "-w", "60",
+    # Both NATs randomise: once the relay is gone no new link can be made,
+    # and each side says so after trying for --resume-timeout.
+    procs = {side: lab.popen(side, [*PUNCHCAT, "-v", "-w", "60", "--resume-timeout", "5",
                                     "--relay", relay.endpoint, lab.peer_of(side)],
                              env=dict(os.environ, PUNCHCAT_SECRET=SECRET),
                              stdin=subprocess.PIPE if side == "a" else subprocess.DEVNULL,
@@ -186,6 +188,7 @@ def test_a_relay_killed_mid_transfer_ends_both_with_one_line(relay_lab, tmp_path
         assert procs[side].wait(timeout=60) == 1
         last = (tmp_path / side).read_text().strip().splitlines()[-1]
         assert last.startswith(f"punchcat: the relay {relay.endpoint} closed the link"), last
+        assert "no new link within 5 s" in last, last
         assert "Traceback" not in (tmp_path / side).read_text()
     stop.set()
 
