@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import platform
 import statistics
 import subprocess
@@ -31,6 +32,9 @@ from punchcat.lab import PUNCHCAT, Lab
 
 RESETS_FOR = 5.0
 RATE = 16                  # MiB/s
+#: Slower for the upgrade: the transfer (24 s) must outlast a background
+#: try that misses the opening (up to 12 s) and the next one.
+UPGRADE_RATE = 4
 SIZE = 96                  # MiB
 SLOWCAT = [sys.executable, "-c", r"""
 import os, sys, time
@@ -70,11 +74,11 @@ class Lines(threading.Thread):
         return next((t for t, line in self.lines if needle in line), None)
 
 
-def pair(lab, path, out, args, env=None):
+def pair(lab, path, out, args, env=None, rate=RATE):
     env = dict(os.environ, **(env or {}))
-    sender = lab.popen("a", ["sh", "-c", " ".join([*map(repr, SLOWCAT), str(path), str(RATE),
-                                                   "|", *PUNCHCAT, "-v", *args,
-                                                   lab.peer_of("a")])],
+    quote = lambda words: " ".join(map(shlex.quote, words))
+    sender = lab.popen("a", ["sh", "-c", quote([*SLOWCAT, str(path), str(rate)]) + " | "
+                             + quote([*PUNCHCAT, "-v", *args, lab.peer_of("a")])],
                        stderr=subprocess.PIPE, env=env)
     receiver = lab.popen("b", [*PUNCHCAT, "-v", *args, lab.peer_of("b")],
                          stdin=subprocess.DEVNULL, stdout=open(out, "wb"),
@@ -117,7 +121,8 @@ def one_upgrade(path, tmp) -> float | None:
         relay = lab.start_relay()
         lab.nft("c1", BLOCK_DIRECT)
         a, b, la, lb = pair(lab, path, out, ["-w", "60", "--relay", relay.endpoint],
-                            env={"PUNCHCAT_SECRET": "the upgrade benchmark's secret"})
+                            env={"PUNCHCAT_SECRET": "the upgrade benchmark's secret"},
+                            rate=UPGRADE_RATE)
         wait_size(out, 1 << 20)
         opened = time.monotonic()
         lab.sh("c1", "nft delete table inet direct")
