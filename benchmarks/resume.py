@@ -129,6 +129,10 @@ def one_upgrade(path, tmp) -> float | None:
         ok = a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
         moved = [lines.when("moved the stream") for lines in (la, lb)]
         if not ok or None in moved:
+            for name, proc, lines in (("a", a, la), ("b", b, lb)):
+                tail = "".join(line for _, line in lines.lines[-6:])
+                print(f"upgrade run failed: {name} exited {proc.returncode}\n{tail}",
+                      file=sys.stderr)
             return None
         return max(moved) - opened
 
@@ -148,7 +152,8 @@ def main() -> int:
     parser.add_argument("--only", choices=["resume", "upgrade"])
     opts = parser.parse_args()
     print(f"# resuming, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-          f"Linux {platform.release()}, {os.cpu_count()} CPUs; {SIZE} MiB at {RATE} MiB/s")
+          f"Linux {platform.release()}, {os.cpu_count()} CPUs; {SIZE} MiB at {RATE} MiB/s "
+          f"({UPGRADE_RATE} MiB/s for the upgrade)")
     print()
     print("| what | success | median | p95 | max |")
     print("|---|---|---|---|---|")

@@ -162,6 +162,22 @@ class Channel:
             pass
         self.sock.close()
 
+    def close_after_last_word(self, timeout: float) -> None:
+        """Close so that what was sent last (an ABORT, TLS's alert) is read:
+        a close with unread bytes would send a reset, and the peer's kernel
+        would drop what it had not read.  So: end our direction, read and
+        discard until the peer closes too or *timeout* seconds pass."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                if not self.sock.recv(1 << 16):
+                    break
+        except OSError:
+            pass
+        self.close()
+
 
 
 class PlainChannel(Channel):

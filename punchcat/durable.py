@@ -53,6 +53,9 @@ UPGRADE_TRIES = (0.0, 0.0, 30.0, 90.0, 210.0)
 UPGRADE_EVERY = 300.0
 #: How long one background try punches.
 UPGRADE_TRY = 12.0
+#: How long a side that found a changed record waits for the peer to read
+#: its alert and close (the peer stops at once when it reads it).
+LAST_WORD = 2.0
 #: Background tries with the random-port fallback (a burst of SYNs that looks
 #: like a port scan): the first ones only.
 UPGRADE_GUESSING = 2
@@ -97,6 +100,7 @@ class DurableLink:
                     self._stop_upgrader()
                     if isinstance(exc, Tampered):       # the peer should not resume either
                         self.flow.abort(done.channel, str(exc))
+                        done.channel.close_after_last_word(LAST_WORD)
                     done.channel.close()
                     if done.link.via:
                         exc = LinkLost(f"the relay {done.link.via} closed the link ({exc})",

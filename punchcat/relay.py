@@ -248,8 +248,8 @@ class PipeStream:
             other = None
         if isinstance(other, LinkLost) and other.errno == errno.ETIMEDOUT:
             return other
-        if isinstance(other, (PeerStopped, RemoteProtocolError)):
-            return other
+        if isinstance(other, (PeerStopped, RemoteProtocolError, Tampered)):
+            return other                   # the peer's word, or its alert
         if gave_up(link.channel.sock):
             return LinkLost.from_os(OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)),
                                     exc.doing or "receiving")

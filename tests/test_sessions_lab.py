@@ -65,8 +65,11 @@ def test_a_k_server_rests_longer_after_each_wrong_secret_then_serves_the_right_o
     for rest in ("1", "2", "4", "8"):
         assert f"punching toward it again in {rest} s" in text, text
     # Each guess after the first waits out the server's rest, which doubles.
+    # The rest starts when the server finds the wrong secret, and the client
+    # before is still exiting then (on a loaded machine for up to a second
+    # of a 4 s rest), so a client may start with part of it already gone.
     print("seconds per client:", [round(t, 2) for t in took])
-    assert took[1] >= 1.0 and took[2] >= 2.0 and took[3] >= 4.0 and took[4] >= 8.0, took
+    assert all(took[n] >= 0.75 * rest for n, rest in ((1, 1), (2, 2), (3, 4), (4, 8))), took
     assert took[1] < took[2] < took[3] < took[4], took
     server.terminate()
     assert server.wait(timeout=10) == 143
