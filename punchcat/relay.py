@@ -106,11 +106,14 @@ class _Link:
         select.select([self.wake_r], [], [])
         self.drain()
 
-    def release(self, how: int = socket.SHUT_RDWR) -> None:
+    def release(self, how: int | None = socket.SHUT_RDWR) -> None:
         """Stop both threads: whatever they block on in the link fails now
-        (with SHUT_RD only the receiving side: the link can still say why)."""
+        (with SHUT_RD only the receiving side: the link can still say why;
+        with None neither: only between two records)."""
         self.stop.set()
         self.wake()
+        if how is None:
+            return
         try:
             self.channel.sock.shutdown(how)
         except OSError:
@@ -171,7 +174,9 @@ class PipeStream:
                 self._stop_sending(link, threads[0])
                 raise
             if isinstance(first, Tampered):
-                self._stop_sending(link, threads[0])   # the peer is to hear why
+                # The peer is to hear why; the link is still read (a close
+                # with unread bytes would reset it: punchcat.channel).
+                self._stop_sending(link, threads[0], None)
                 raise first
             if first is not None:
                 link.release()
@@ -187,10 +192,11 @@ class PipeStream:
             if self.offsets.peer_eof is not None:
                 self.stats.received = self.offsets.peer_eof
 
-    def _stop_sending(self, link: _Link, sender: threading.Thread) -> None:
+    def _stop_sending(self, link: _Link, sender: threading.Thread,
+                      how: int | None = socket.SHUT_RD) -> None:
         """Let go of the link, the sending thread between two records if it
         can, so that an ABORT can still follow (:meth:`abort`)."""
-        link.release(socket.SHUT_RD)
+        link.release(how)
         sender.join(STOP_GRACE)
         self._can_abort = not sender.is_alive()
         if not self._can_abort:
