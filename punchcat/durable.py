@@ -84,6 +84,7 @@ class DurableLink:
         self._upgrader: threading.Thread | None = None
         self._upgrade_stop = threading.Event()
         self._upgraded: Connected | None = None
+        self.paths = [first.path]                 # each link's path, in order
 
     def run(self) -> None:
         """Until the stream is done; raises when it cannot go on."""
@@ -108,7 +109,9 @@ class DurableLink:
                     if (isinstance(exc, Tampered) or not done.resumable
                             or self.opts.resume_timeout <= 0):
                         raise exc from None
-                    done = self._upgraded or self._again(exc)
+                    # The peer may have moved to the direct link first: its
+                    # close of the relayed one is then what broke ours.
+                    done = self._moved(done) if self._upgraded else self._again(exc)
                 else:
                     self._stop_upgrader()
                     if finished:
@@ -116,11 +119,9 @@ class DurableLink:
                         if self._upgraded is not None:          # came too late
                             self._upgraded.channel.close()
                         return
-                    moved_from, done = done, self._upgraded
-                    moved_from.channel.close()
-                    self.reporter.info(f"moved the stream from the relay {moved_from.link.via} "
-                                       f"to a direct link")
+                    done = self._moved(done)
                 self._upgraded = None
+                self.paths.append(done.path)
                 self.current = done
                 opening = [stream.position_record(stream.RESUME, self.flow.offsets.received)]
                 resuming = True
@@ -130,6 +131,19 @@ class DurableLink:
             raise
         finally:
             self._stop_upgrader()
+
+    @property
+    def path(self) -> str:
+        """The ways the stream went, for the user: "direct", "relayed via
+        HOST:PORT", or "relayed via HOST:PORT, then direct"."""
+        ways = [p for n, p in enumerate(self.paths) if n == 0 or p != self.paths[n - 1]]
+        return ", then ".join(ways)
+
+    def _moved(self, relayed: Connected) -> Connected:
+        """The stream leaves *relayed* for the direct link the upgrader made."""
+        relayed.channel.close()
+        self.reporter.info(f"moved the stream from the relay {relayed.link.via} to a direct link")
+        return self._upgraded
 
     # -- after a break ---------------------------------------------------------------
     def _resume_key(self, done: Connected) -> bytes:

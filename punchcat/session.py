@@ -138,9 +138,10 @@ def use_link(done: Connected, opts: Options, reporter: Reporter, listener, peers
     if opts.mode == Mode.PIPE:
         # stdin/stdout
         flow = PipeStream(sys.stdin.fileno(), sys.stdout.fileno())
+        durable = DurableLink(opts, peers, routes, reporter, done, flow,
+                              progress=lambda st: show_progress(reporter, st))
         try:
-            DurableLink(opts, peers, routes, reporter, done, flow,
-                        progress=lambda st: show_progress(reporter, st)).run()
+            durable.run()
         finally:
             flow.stats.ended = time.monotonic()
             reporter.clear()
@@ -156,8 +157,9 @@ def use_link(done: Connected, opts: Options, reporter: Reporter, listener, peers
         reporter.info(f"session to {opts.connect}")
         flow = PipeStream(local.fileno(), local.fileno(),
                           sink_eof=lambda: local.shutdown(socket.SHUT_WR))
+        durable = DurableLink(opts, peers, routes, reporter, done, flow)
         try:
-            DurableLink(opts, peers, routes, reporter, done, flow).run()
+            durable.run()
         finally:
             flow.stats.ended = time.monotonic()
             flow.close()
@@ -174,4 +176,4 @@ def use_link(done: Connected, opts: Options, reporter: Reporter, listener, peers
         reporter.info(f"link ended after {forwarder.sessions_served} sessions")
         return
     if opts.stats or opts.level >= VERBOSE:
-        reporter.notice(f"{transfer_line(flow.stats)}, {done.path}")
+        reporter.notice(f"{transfer_line(flow.stats)}, {durable.path}")
