@@ -140,6 +140,21 @@ def test_an_open_flood_from_a_peer_that_never_reads(make_lab, tmp_path):
     assert busy < 0.5, f"the victim used {busy:.2f} s of CPU in 3 s under the flood"
 
 
+def quiet(pid: int, window: float = 0.5, most: float = 0.05):
+    """A condition for wait_for: *pid* used at most *most* CPU seconds in the
+    last *window* seconds (the targets have filled what they can)."""
+    last = [time.monotonic(), cpu_seconds(pid)]
+
+    def check() -> bool:
+        now = time.monotonic()
+        if now - last[0] < window:
+            return False
+        used = cpu_seconds(pid) - last[1]
+        last[:] = [now, cpu_seconds(pid)]
+        return used <= most
+    return check
+
+
 def test_a_peer_that_never_reads_while_targets_send(make_lab, tmp_path):
     lab = make_lab()
     start_target(lab, "b", "spew")
@@ -149,7 +164,7 @@ def test_a_peer_that_never_reads_while_targets_send(make_lab, tmp_path):
                       "--secret", SECRET, log=tmp_path / "fake.log")
     wait_for(lambda: "opened" in (tmp_path / "fake.log").read_text() or fake.poll() is not None,
              timeout=60, what="the sessions")
-    time.sleep(3)                         # let the targets fill what they can
+    wait_for(quiet(victim.pid), timeout=30, what="the victim to have filled what it can")
     before = cpu_seconds(victim.pid)
     time.sleep(2)
     busy = cpu_seconds(victim.pid) - before
