@@ -10,7 +10,8 @@ transit relay on core router c1 (needs root, ip, nft, twist3), then:
   the relay, alternately by punchcat (``--relay``, encrypted: a secret is
   required) and by two bare relay clients (``relay_client.py``: the relay's
   handshake, then raw bytes), MiB/s counted by the consumer from its first
-  byte to EOF, and the ratio.
+  byte to EOF, the ratio, and the share of this machine's CPU time in use
+  meanwhile (the hosts, the relay and the routers share its CPUs).
 
     python benchmarks/relay.py                 # 20 connects, 512 MiB x 5
     python benchmarks/relay.py -n 5 --size 128 --rounds 3
@@ -55,7 +56,8 @@ def connects(lab: Lab, relay, n: int) -> tuple[int, list[float]]:
     return ok, times
 
 
-def through(lab: Lab, relay, tool: str, path: str, tmp: str) -> float:
+def through(lab: Lab, relay, tool: str, path: str, tmp: str) -> tuple[float, float]:
+    """MiB/s, and the share of this machine's CPU time in use meanwhile."""
     report = os.path.join(tmp, "sink.json")
     if os.path.exists(report):
         os.unlink(report)
@@ -75,7 +77,7 @@ def through(lab: Lab, relay, tool: str, path: str, tmp: str) -> float:
     sender.wait(timeout=600)
     receiver.wait(timeout=600)
     result = json.load(open(report))
-    return result["bytes"] / result["seconds"] / 2 ** 20
+    return result["bytes"] / result["seconds"] / 2 ** 20, result["busy"]
 
 
 def main() -> int:
@@ -108,14 +110,16 @@ def main() -> int:
             rates["bare relay clients"].append(through(lab, relay, "bare", path, tmp))
             rates["punchcat --relay (encrypted)"].append(through(lab, relay, "punchcat", path,
                                                                  tmp))
-        base = statistics.median(rates["bare relay clients"])
+        base = statistics.median(rate for rate, _ in rates["bare relay clients"])
         print()
         print(f"| {opts.size} MiB file -> pipe through the relay | MiB/s (median of "
-              f"{opts.rounds}) | min-max | x bare clients |")
-        print("|---|---|---|---|")
-        for name, values in rates.items():
+              f"{opts.rounds}) | min-max | x bare clients | machine busy |")
+        print("|---|---|---|---|---|")
+        for name, runs in rates.items():
+            values = [rate for rate, _ in runs]
             print(f"| {name} | {statistics.median(values):.0f} | {min(values):.0f}-"
-                  f"{max(values):.0f} | {statistics.median(values) / base:.2f} |")
+                  f"{max(values):.0f} | {statistics.median(values) / base:.2f} | "
+                  f"{statistics.median(busy for _, busy in runs):.0%} |")
     return 0
 
 
