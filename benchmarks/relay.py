@@ -23,8 +23,8 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,11 +35,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SINK = [sys.executable, os.path.join(HERE, "sink.py")]
 CLIENT = [sys.executable, os.path.join(HERE, "relay_client.py")]
 SECRET = "the relay benchmark's secret"
-PC = " ".join(shlex.quote(p) for p in PUNCHCAT)
-
-
-def q(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
 
 
 def connects(lab: Lab, relay, n: int) -> tuple[int, list[float]]:
@@ -61,21 +56,28 @@ def through(lab: Lab, relay, tool: str, path: str, tmp: str) -> tuple[float, flo
     report = os.path.join(tmp, "sink.json")
     if os.path.exists(report):
         os.unlink(report)
-    sink = q(SINK)
+    # Every process a direct child of this script, as in throughput.py (under
+    # a parent that waits for it, punchcat fell into a low mode on this VM).
+    r, w = os.pipe()
     if tool == "punchcat":
         env = dict(os.environ, PUNCHCAT_SECRET=SECRET)
-        receiver = lab.popen("b", ["sh", "-c", f"{PC} -q --relay {relay.endpoint} "
-                                               f"{lab.peer_of('b')} < /dev/null | {sink} {report}"],
+        receiver = lab.popen("b", [*PUNCHCAT, "-q", "--relay", relay.endpoint,
+                                   lab.peer_of("b")], stdin=subprocess.DEVNULL, stdout=w,
                              env=env)
-        sender = lab.popen("a", ["sh", "-c", f"{PC} -q --relay {relay.endpoint} "
-                                             f"{lab.peer_of('a')} < {path}"], env=env)
+        with open(path, "rb") as source:
+            sender = lab.popen("a", [*PUNCHCAT, "-q", "--relay", relay.endpoint,
+                                     lab.peer_of("a")], stdin=source, env=env)
     else:
         token = os.urandom(32).hex()
-        receiver = lab.popen("b", ["sh", "-c", f"{q(CLIENT)} {relay.endpoint} {token} "
-                                               f"{'b' * 16} recv | {sink} {report}"])
+        receiver = lab.popen("b", [*CLIENT, relay.endpoint, token, "b" * 16, "recv"],
+                             stdout=w)
         sender = lab.popen("a", [*CLIENT, relay.endpoint, token, "a" * 16, "send", path])
+    sink = lab.popen("b", [*SINK, report], stdin=r)
+    os.close(r)
+    os.close(w)
     sender.wait(timeout=600)
     receiver.wait(timeout=600)
+    sink.wait(timeout=600)
     result = json.load(open(report))
     return result["bytes"] / result["seconds"] / 2 ** 20, result["busy"]
 
