@@ -305,9 +305,11 @@ def test_a_k_server_survives_bad_hellos_and_a_slow_peer_then_serves(make_lab, tm
     wait_for(lambda: "encrypted" in client_log.read_text(), timeout=120, what="the client")
     lab.sh("a", "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8022))"
                 ".sendall(b\"x\" * 100000)'")
+    # (the session reaches the server before the client is stopped: a -L
+    # stopped at once may not have sent its OPEN yet)
+    wait_for(lambda: "session 1 to" in log.read_text(), what="the session")
     client.terminate()
     assert client.wait(timeout=10) == 143
-    wait_for(lambda: "session 1 to" in log.read_text(), what="the session")
     victim.terminate()
     text = ended_cleanly(victim, log, statuses=(143,))
     assert "this side uses a secret, the peer does not" in text
