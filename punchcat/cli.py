@@ -63,7 +63,8 @@ def punchcat(
         help="Print a fresh random secret and exit (with --secret-file: write it to a new "
              "file only you can read)."),
     stats: bool = typer.Option(
-        False, "--stats", help="At exit, report bytes each way, duration and rate on stderr."),
+        False, "--stats", help="At exit, report bytes each way, duration, rate and the paths "
+                               "taken on stderr."),
     keepalive: float = typer.Option(
         options.DEFAULT_KEEPALIVE, "--keepalive", metavar="SECONDS",
         help="Notice a vanished peer or a broken path within about this long, and keep NAT "
