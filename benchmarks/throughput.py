@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PORT = 5001
 SINK = [sys.executable, os.path.join(HERE, "sink.py")]
 TIME = "/usr/bin/time"
-PC = " ".join(shlex.quote(p) for p in PUNCHCAT)
 
 
 class PinnedLab(Lab):

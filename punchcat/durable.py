@@ -56,6 +56,9 @@ UPGRADE_TRY = 12.0
 #: How long a side that found a changed record waits for the peer to read
 #: its alert and close (the peer stops at once when it reads it).
 LAST_WORD = 2.0
+#: The paths a stream took that --stats names (the last ones: a link whose
+#: path keeps breaking must not grow the list without end).
+PATHS_KEPT = 4
 #: Background tries with the random-port fallback (a burst of SYNs that looks
 #: like a port scan): the first ones only.
 UPGRADE_GUESSING = 2
@@ -84,7 +87,7 @@ class DurableLink:
         self._upgrader: threading.Thread | None = None
         self._upgrade_stop = threading.Event()
         self._upgraded: Connected | None = None
-        self.paths = [first.path]                 # each link's path, in order
+        self.paths = [first.path]                 # the paths the stream took, in order
 
     def run(self) -> None:
         """Until the stream is done; raises when it cannot go on."""
@@ -121,7 +124,8 @@ class DurableLink:
                         return
                     done = self._moved(done)
                 self._upgraded = None
-                self.paths.append(done.path)
+                if done.path != self.paths[-1]:
+                    self.paths = [*self.paths, done.path][-PATHS_KEPT:]
                 self.current = done
                 opening = [stream.position_record(stream.RESUME, self.flow.offsets.received)]
                 resuming = True
@@ -136,8 +140,7 @@ class DurableLink:
     def path(self) -> str:
         """The ways the stream went, for the user: "direct", "relayed via
         HOST:PORT", or "relayed via HOST:PORT, then direct"."""
-        ways = [p for n, p in enumerate(self.paths) if n == 0 or p != self.paths[n - 1]]
-        return ", then ".join(ways)
+        return ", then ".join(self.paths)
 
     def _moved(self, relayed: Connected) -> Connected:
         """The stream leaves *relayed* for the direct link the upgrader made."""

@@ -149,8 +149,8 @@ def quiet(pid: int, window: float = 0.5, most: float = 0.05):
         now = time.monotonic()
         if now - last[0] < window:
             return False
-        used = cpu_seconds(pid) - last[1]
-        last[:] = [now, cpu_seconds(pid)]
+        cpu = cpu_seconds(pid)
+        used, last[:] = cpu - last[1], [now, cpu]
         return used <= most
     return check
 
